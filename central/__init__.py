@@ -1,0 +1,1 @@
+"""onecard-central: HQ's MQTT consumer, money ledger, master data and dashboard."""

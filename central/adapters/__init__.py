@@ -1,0 +1,1 @@
+"""Central adapters, one module per technology (sqlite, postgres, mqtt)."""

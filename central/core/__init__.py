@@ -1,0 +1,1 @@
+"""Pure central logic: ledger, feed, clearing, anomalies, rollouts — no I/O."""

@@ -1,0 +1,1 @@
+"""The HQ dashboard and JSON API (Starlette)."""

@@ -1,0 +1,1 @@
+"""onecard-edge: the per-site daemon that serves terminals from a local SQLite replica."""

@@ -1,0 +1,1 @@
+"""Edge adapters, one module per technology (sqlite, mqtt, tcp, serial, osdp, pcsc)."""

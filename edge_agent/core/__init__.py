@@ -1,0 +1,1 @@
+"""Pure edge logic: decisions and sync planning over values, no I/O."""

@@ -1,0 +1,1 @@
+"""Firmware simulators: terminals, a virtual PC/SC card, a load generator and the demo."""

@@ -1,0 +1,586 @@
+"""Firmware simulators of the four terminal kinds: door, attendance clock, POS, recharge kiosk.
+
+Each behaves like the firmware a vendor would ship against ``docs/terminal-protocol.md``:
+it connects (TCP or serial), authenticates with its key (and checks the edge's proof),
+sends heartbeats, numbers every transaction with a persisted record number, retransmits
+on timeout, obeys TIME/CONFIG/LIST_UPDATE, and shows on :attr:`Terminal.display` what a real
+screen would show. Door readers and attendance clocks keep working when the link is cut:
+they decide from their local list and upload the buffered records when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from firmware_sim.link import FrameLink, LinkClosedError, PeerError, ReplyTimeoutError
+from firmware_sim.state import PendingRecharge, StateFile
+from firmware_sim.transport import open_stream, parse_endpoint
+from protocol import auth
+from protocol.errors import AuthError, ProtocolError
+from protocol.framing import Frame
+from protocol.terminal import (
+    Ack,
+    Auth,
+    Body,
+    BufferedRecord,
+    Challenge,
+    Config,
+    Decision,
+    Error,
+    Event,
+    Heartbeat,
+    Hello,
+    LineItem,
+    ListUpdate,
+    RechargeAbort,
+    RechargeCommit,
+    RechargePrepare,
+    RechargeResult,
+    RecordUpload,
+    Tap,
+    TerminalKind,
+    Time,
+    Welcome,
+)
+
+LINK_ERRORS = (LinkClosedError, ReplyTimeoutError, OSError)
+
+
+def yuan(fen: int) -> str:
+    """Fen as a display amount: 1234 → '¥12.34'."""
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+@dataclass(slots=True)
+class TerminalSettings:
+    """How a simulated terminal is set up (what an installer keys into a real one)."""
+
+    terminal_id: str
+    key: bytes
+    connect: str
+    firmware: str = "onecard-sim/0.1"
+    state_file: Path | None = None
+    retry_s: float = 1.0
+    retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one transaction, as the terminal saw it."""
+
+    rec: int
+    ok: bool
+    code: str
+    display: str
+    latency_ms: float
+    amount: int | None = None
+    balance: int | None = None
+    open_ms: int | None = None
+    #: True when the terminal decided on its own because the edge was unreachable.
+    local: bool = False
+
+
+class SimulatedCrashError(Exception):
+    """Raised by a test hook to stop a terminal mid-transaction, as a power cut would."""
+
+
+@dataclass(slots=True)
+class TerminalCounters:
+    """What a terminal counts about its own link."""
+
+    connects: int = 0
+    auth_failures: int = 0
+    link_failures: int = 0
+    local_decisions: int = 0
+    uploaded: int = 0
+
+
+class Terminal:
+    """Common firmware: connect, authenticate, heartbeat, record numbers, display."""
+
+    kind: ClassVar[TerminalKind]
+    #: Whether the terminal decides locally and buffers records when cut off.
+    decides_offline: ClassVar[bool] = False
+
+    def __init__(
+        self, settings: TerminalSettings, *, on_display: Callable[[str, str], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.id = settings.terminal_id
+        self.store = StateFile(settings.state_file)
+        self.config: dict[str, Any] = {}
+        self.site = ""
+        self.heartbeat_s = 10
+        self.display = "启动中…"
+        self.history: list[str] = []
+        self.counters = TerminalCounters()
+        #: Simulated drift of the terminal's clock against true UTC, in ms.
+        self.clock_skew_ms = 0
+        self._on_display = on_display
+        self._link: FrameLink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._authenticated = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Terminal:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def online(self) -> bool:
+        """True while authenticated on a live link."""
+        return self._authenticated and self._link is not None and not self._link.closed
+
+    async def connect(self) -> None:
+        """Open the link and authenticate; raises AuthError, PeerError or OSError on failure."""
+        await self.close()
+        reader, writer = await open_stream(parse_endpoint(self.settings.connect))
+        link = FrameLink(
+            reader,
+            writer,
+            self._on_request,
+            retry_s=self.settings.retry_s,
+            retries=self.settings.retries,
+        )
+        self._link = link
+        self._tasks.append(asyncio.create_task(link.run(), name=f"{self.id}-link"))
+        try:
+            await self._handshake(link)
+        except BaseException:
+            await self.close()
+            raise
+        self.counters.connects += 1
+        self._tasks.append(asyncio.create_task(self._heartbeats(link), name=f"{self.id}-hb"))
+        self.show(self.idle_text())
+        await self.upload_buffered()
+
+    async def close(self) -> None:
+        """Drop the link and stop background work (idempotent)."""
+        self._authenticated = False
+        tasks, self._tasks = self._tasks, []
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def run(self, stop: asyncio.Event, *, backoff_max_s: float = 30.0) -> None:
+        """Stay connected until ``stop`` is set, reconnecting with capped backoff."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await self.connect()
+                delay = 0.5
+                link = self._link
+                if link is None:
+                    continue
+                closed = asyncio.ensure_future(link.wait_closed())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                stopping.cancel()
+            except (AuthError, PeerError) as exc:
+                self.counters.auth_failures += 1
+                self.show(f"终端未授权 {exc}"[:80])
+            except (*LINK_ERRORS, ProtocolError):
+                self.counters.link_failures += 1
+                self.show("网络故障 重连中")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, backoff_max_s)
+        await self.close()
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    async def _handshake(self, link: FrameLink) -> None:
+        nonce_t = auth.new_nonce()
+        hello = Hello(
+            terminal_id=self.id,
+            kind=self.kind,
+            firmware=self.settings.firmware,
+            nonce=nonce_t,
+            last_rec=self.store.state.next_rec - 1,
+        )
+        challenge = await link.request(hello)
+        if not isinstance(challenge, Challenge):
+            raise AuthError(f"expected CHALLENGE, got {type(challenge).__name__}")
+        proof = auth.terminal_proof(self.settings.key, self.id, nonce_t, challenge.nonce)
+        welcome = await link.request(Auth(mac=proof))
+        if not isinstance(welcome, Welcome):
+            raise AuthError(f"expected WELCOME, got {type(welcome).__name__}")
+        expected = auth.edge_proof(self.settings.key, self.id, nonce_t, challenge.nonce)
+        auth.verify(expected, welcome.mac, "edge")  # never trust a forged edge's config
+        self._set_clock(welcome.time_ms)
+        self.site = welcome.site
+        self.heartbeat_s = welcome.heartbeat_s
+        self.config = dict(welcome.config)
+        self._authenticated = True
+
+    async def _heartbeats(self, link: FrameLink) -> None:
+        while not link.closed:
+            await asyncio.sleep(self.heartbeat_s)
+            beat = Heartbeat(
+                time_ms=self.now_ms(),
+                buffered=len(self.store.state.buffered),
+            )
+            try:
+                await link.request(beat)
+            except (*LINK_ERRORS, PeerError, ProtocolError):
+                self.counters.link_failures += 1
+                await link.close()
+                self.show("网络故障")
+                return
+
+    async def _on_request(self, _frame: Frame, body: Body) -> Body | None:
+        if not self._authenticated:
+            return Error(code="unauthenticated", message="not authenticated")
+        if isinstance(body, Time):
+            self._set_clock(body.time_ms)
+            return Ack()
+        if isinstance(body, Config):
+            self.config = dict(body.config)
+            return Ack()
+        if isinstance(body, ListUpdate):
+            return self._apply_list(body)
+        return Error(code="unsupported", message=f"{type(body).__name__} not supported")
+
+    def _apply_list(self, update: ListUpdate) -> Ack:
+        state = self.store.state
+        if update.kind != "blacklist":
+            return Ack(ok=False, code="unsupported")
+        if update.full:
+            state.blacklist = sorted(set(update.add))
+        elif update.prev_version != state.blacklist_version:
+            return Ack(ok=False, code="version_gap")
+        else:
+            current = set(state.blacklist) | set(update.add)
+            state.blacklist = sorted(current - set(update.remove))
+        state.blacklist_version = update.version
+        self.store.save()
+        return Ack()
+
+    def _set_clock(self, edge_ms: int) -> None:
+        # A real terminal sets its RTC; the simulator keeps an offset (plus any injected skew).
+        self._clock_offset_ms = edge_ms - int(time.time() * 1000)
+
+    def now_ms(self) -> int:
+        """The terminal's idea of UTC now, in ms."""
+        offset = getattr(self, "_clock_offset_ms", 0)
+        return int(time.time() * 1000) + offset + self.clock_skew_ms
+
+    def show(self, text: str) -> None:
+        """Put ``text`` on the display (and tell the observer, if any)."""
+        self.display = text
+        self.history.append(text)
+        if self._on_display is not None:
+            self._on_display(self.id, text)
+
+    def idle_text(self) -> str:
+        """What the display shows between transactions."""
+        return "请刷卡"
+
+    async def _transact(self, body: Body) -> Body:
+        if not self.online or self._link is None:
+            raise LinkClosedError("terminal is offline")
+        return await self._link.request(body)
+
+    async def tap_card(self, tap: Tap) -> Outcome:
+        """Send a TAP and show the DECISION; fall back to a local decision if cut off."""
+        started = time.perf_counter()
+        try:
+            reply = await self._transact(tap)
+        except LINK_ERRORS:
+            return self._decide_locally(tap, started)
+        except PeerError as exc:
+            self.show(exc.error.message)
+            return Outcome(tap.rec, False, exc.error.code, exc.error.message, _ms(started))
+        if not isinstance(reply, Decision):
+            raise ProtocolError(f"expected DECISION, got {type(reply).__name__}")
+        self.show(reply.display)
+        return Outcome(
+            rec=tap.rec,
+            ok=reply.ok,
+            code=reply.code,
+            display=reply.display,
+            latency_ms=_ms(started),
+            amount=reply.amount,
+            balance=reply.balance,
+            open_ms=reply.open_ms,
+        )
+
+    def _decide_locally(self, tap: Tap, started: float) -> Outcome:
+        self.counters.link_failures += 1
+        if not self.decides_offline:
+            self.show("网络故障 请稍后再试")
+            return Outcome(tap.rec, False, "link_down", self.display, _ms(started))
+        granted = tap.uid not in set(self.store.state.blacklist)
+        self.store.state.buffered.append(
+            BufferedRecord(
+                rec=tap.rec,
+                time_ms=tap.time_ms,
+                what="tap",
+                uid=tap.uid,
+                granted=granted,
+                door=tap.door,
+            )
+        )
+        self.store.save()
+        self.counters.local_decisions += 1
+        text = self.offline_text(granted)
+        self.show(text)
+        code = "ok" if granted else "blacklisted"
+        return Outcome(tap.rec, granted, code, text, _ms(started), local=True)
+
+    def offline_text(self, granted: bool) -> str:
+        """Display text for a decision taken without the edge."""
+        return "离线通行" if granted else "卡已挂失 禁止通行"
+
+    async def upload_buffered(self) -> int:
+        """Upload records decided while cut off; returns how many the edge accepted."""
+        state = self.store.state
+        uploaded = 0
+        while state.buffered and self.online:
+            chunk = state.buffered[:100]
+            try:
+                reply = await self._transact(RecordUpload(records=chunk))
+            except (*LINK_ERRORS, PeerError):
+                break
+            if not isinstance(reply, Ack) or not reply.ok or reply.upto is None:
+                break
+            upto = reply.upto
+            kept = [r for r in state.buffered if r.rec > upto]
+            uploaded += len(state.buffered) - len(kept)
+            state.buffered = kept
+            self.store.save()
+        self.counters.uploaded += uploaded
+        return uploaded
+
+    async def report_event(self, event: str, *, door: str | None = None, detail: str = "") -> bool:
+        """Send an EVENT (door forced, tamper, …); buffered if cut off. True if acked."""
+        rec = self.store.take_rec()
+        body = Event(rec=rec, time_ms=self.now_ms(), event=event, door=door, detail=detail)  # type: ignore[arg-type]
+        try:
+            reply = await self._transact(body)
+        except LINK_ERRORS:
+            self.store.state.buffered.append(
+                BufferedRecord(rec=rec, time_ms=body.time_ms, what="event", event=event, door=door)
+            )
+            self.store.save()
+            return False
+        return isinstance(reply, Ack) and reply.ok
+
+
+class DoorReader(Terminal):
+    """A door reader/controller: tap → open the door (or not)."""
+
+    kind = "door"
+    decides_offline = True
+
+    async def tap(self, uid: str, *, door: str | None = None) -> Outcome:
+        """Present card ``uid``; the door opens for ``open_ms`` if granted."""
+        rec = self.store.take_rec()
+        return await self.tap_card(Tap(rec=rec, uid=uid, time_ms=self.now_ms(), door=door))
+
+
+class AttendanceClock(Terminal):
+    """An attendance clock: tap → punch recorded."""
+
+    kind = "attendance"
+    decides_offline = True
+
+    def offline_text(self, granted: bool) -> str:
+        """Attendance takes every punch offline; HQ sorts them out later."""
+        return "打卡已记录(离线)" if granted else "卡已挂失"
+
+    async def punch(self, uid: str, *, punch: str | None = None) -> Outcome:
+        """Present card ``uid`` (optionally choosing the in/out key first)."""
+        rec = self.store.take_rec()
+        tap = Tap(rec=rec, uid=uid, time_ms=self.now_ms(), punch=punch)  # type: ignore[arg-type]
+        return await self.tap_card(tap)
+
+
+class PosTerminal(Terminal):
+    """A POS till. Modes (from the edge's config ``pos_mode``): ``fixed`` (one price per
+    tap, ``price_fen``), ``menu`` (the cashier picks items by sku) or ``keyed`` (the cashier
+    keys in an amount). Money is only ever decided by the edge."""
+
+    kind = "pos"
+
+    @property
+    def mode(self) -> str:
+        """The configured POS mode."""
+        return str(self.config.get("pos_mode", "keyed"))
+
+    def idle_text(self) -> str:
+        """Fixed-price tills show the price; others wait for the cashier."""
+        if self.mode == "fixed" and "price_fen" in self.config:
+            return f"请刷卡 {yuan(int(self.config['price_fen']))}"
+        return "请输入金额" if self.mode == "keyed" else "请选择菜品"
+
+    async def sale(
+        self,
+        uid: str,
+        *,
+        amount: int | None = None,
+        items: list[tuple[str, int]] | None = None,
+    ) -> Outcome:
+        """Charge card ``uid``: ``amount`` in keyed mode, ``items`` in menu mode, nothing in
+        fixed mode."""
+        line_items = None
+        if self.mode == "fixed":
+            amount = int(self.config.get("price_fen", 0))
+        elif self.mode == "menu":
+            if not items:
+                raise ValueError("menu mode needs items")
+            line_items = [LineItem(sku=sku, qty=qty) for sku, qty in items]
+            amount = None
+        elif amount is None:
+            raise ValueError("keyed mode needs an amount")
+        rec = self.store.take_rec()
+        tap = Tap(rec=rec, uid=uid, time_ms=self.now_ms(), amount=amount, items=line_items)
+        return await self.tap_card(tap)
+
+
+class RechargeKiosk(Terminal):
+    """A self-service recharge kiosk: two-phase recharge keyed by a payment reference.
+
+    prepare (before taking money) → take the money → commit; or abort when no money was
+    taken. A pending recharge survives a crash in the state file and is finished by
+    :meth:`resume_pending` on the next start, so a paid recharge is never lost.
+    """
+
+    kind = "recharge"
+
+    def idle_text(self) -> str:
+        """Kiosk idle screen."""
+        return "请放卡 选择充值金额"
+
+    async def _phase(self, body: Body) -> RechargeResult:
+        reply = await self._transact(body)
+        if not isinstance(reply, RechargeResult):
+            raise ProtocolError(f"expected RECHARGE_RESULT, got {type(reply).__name__}")
+        self.show(reply.display)
+        return reply
+
+    async def recharge(
+        self,
+        uid: str,
+        amount: int,
+        *,
+        method: str = "bank",
+        pay_ref: str | None = None,
+        payment_ok: bool = True,
+        crash_after_payment: bool = False,
+    ) -> Outcome:
+        """Run a whole recharge. ``payment_ok=False`` simulates a declined bank card;
+        ``crash_after_payment=True`` stops after the money was taken (单边账 test hook)."""
+        started = time.perf_counter()
+        rec = self.store.take_rec()
+        pay_ref = pay_ref or f"{self.id}-{rec}-{int(time.time())}"
+        pending = PendingRecharge(rec=rec, uid=uid, amount=amount, pay_ref=pay_ref)
+        self.store.state.pending_recharges.append(pending)
+        self.store.save()
+        prepare = RechargePrepare(
+            rec=rec,
+            uid=uid,
+            amount=amount,
+            method=method,  # type: ignore[arg-type]
+            pay_ref=pay_ref,
+            time_ms=self.now_ms(),
+        )
+        try:
+            prepared = await self._phase(prepare)
+        except LINK_ERRORS:
+            self._forget(pay_ref)
+            self.show("网络故障 暂停充值")
+            return Outcome(rec, False, "link_down", self.display, _ms(started))
+        if not prepared.ok:
+            self._forget(pay_ref)
+            return Outcome(rec, False, prepared.code, prepared.display, _ms(started))
+        if not payment_ok:
+            return await self._abort(pending, "payment_declined", started)
+        pending.paid = True  # the bank took the money: from here on we must commit
+        self.store.save()
+        if crash_after_payment:
+            raise SimulatedCrashError(f"kiosk {self.id} crashed after payment {pay_ref}")
+        return await self._commit(pending, started)
+
+    async def _commit(self, pending: PendingRecharge, started: float) -> Outcome:
+        rec = self.store.take_rec()
+        body = RechargeCommit(rec=rec, pay_ref=pending.pay_ref, time_ms=self.now_ms())
+        result = await self._phase(body)
+        self._forget(pending.pay_ref)
+        return Outcome(
+            rec,
+            result.ok,
+            result.code,
+            result.display,
+            _ms(started),
+            amount=pending.amount,
+            balance=result.balance,
+        )
+
+    async def _abort(self, pending: PendingRecharge, reason: str, started: float) -> Outcome:
+        rec = self.store.take_rec()
+        body = RechargeAbort(rec=rec, pay_ref=pending.pay_ref, reason=reason, time_ms=self.now_ms())
+        result = await self._phase(body)
+        self._forget(pending.pay_ref)
+        return Outcome(rec, False, reason, result.display, _ms(started))
+
+    def _forget(self, pay_ref: str) -> None:
+        state = self.store.state
+        state.pending_recharges = [p for p in state.pending_recharges if p.pay_ref != pay_ref]
+        self.store.save()
+
+    async def resume_pending(self) -> list[Outcome]:
+        """After a restart: commit every paid recharge, abort every unpaid one."""
+        outcomes = []
+        for pending in list(self.store.state.pending_recharges):
+            started = time.perf_counter()
+            if pending.paid:
+                outcomes.append(await self._commit(pending, started))
+            else:
+                outcomes.append(await self._abort(pending, "kiosk_restarted", started))
+        return outcomes
+
+
+KINDS: dict[str, type[Terminal]] = {
+    "door": DoorReader,
+    "attendance": AttendanceClock,
+    "pos": PosTerminal,
+    "recharge": RechargeKiosk,
+}
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+@dataclass(slots=True)
+class Fleet:
+    """A group of simulated terminals, connected and closed together."""
+
+    terminals: list[Terminal] = field(default_factory=list)
+
+    async def connect_all(self) -> None:
+        """Connect every terminal (concurrently)."""
+        await asyncio.gather(*(t.connect() for t in self.terminals))
+
+    async def close_all(self) -> None:
+        """Close every terminal."""
+        await asyncio.gather(*(t.close() for t in self.terminals), return_exceptions=True)
