@@ -207,8 +207,8 @@ def endpoint(
     config_file: Path | None,
 ) -> None:
     """Run the test endpoint: a stand-in edge for trying simulators (not the real edge)."""
+    from edge_agent.adapters.transport import parse_endpoint
     from firmware_sim.endpoint import SimCard, TestEndpoint
-    from firmware_sim.transport import parse_endpoint
 
     where = parse_endpoint(listen)
     cards: dict[str, Any] = json.loads(cards_file.read_text()) if cards_file else {}

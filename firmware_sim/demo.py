@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from edge_agent.adapters.transport import parse_endpoint
 from firmware_sim.endpoint import SimCard, TestEndpoint
 from firmware_sim.load import run_load
 from firmware_sim.ptypair import pty_pair
@@ -25,7 +26,6 @@ from firmware_sim.terminals import (
     TerminalSettings,
     yuan,
 )
-from firmware_sim.transport import parse_endpoint
 from protocol import auth
 from protocol.terminal import ListUpdate
 

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from edge_agent.adapters.transport import Endpoint, open_stream
 from firmware_sim.link import FrameLink
 from firmware_sim.terminals import yuan
-from firmware_sim.transport import Endpoint, open_stream
 from protocol import auth
 from protocol.errors import AuthError
 from protocol.framing import Frame
@@ -169,6 +169,8 @@ class TestEndpoint:
                 self.auth_failures += 1
                 await self._refuse(session, frame, "unknown_terminal", "终端未登记")
                 return None
+            if session.terminal_id == body.terminal_id and session.nonce_t == body.nonce:
+                return Challenge(nonce=session.nonce_e)  # a retransmitted HELLO
             session.terminal_id, session.kind = body.terminal_id, body.kind
             session.nonce_t, session.nonce_e = body.nonce, auth.new_nonce()
             return Challenge(nonce=session.nonce_e)
@@ -313,6 +315,15 @@ class TestEndpoint:
         if pending is None:
             return RechargeResult(
                 rec=body.rec, pay_ref=body.pay_ref, ok=False, code="not_allowed", display="无此充值"
+            )
+        wanted = "committed" if isinstance(body, RechargeCommit) else "aborted"
+        if pending.result is not None and pending.state != wanted:
+            return RechargeResult(
+                rec=body.rec,
+                pay_ref=body.pay_ref,
+                ok=False,
+                code="not_allowed",
+                display=f"充值已{'取消' if pending.state == 'aborted' else '完成'}",
             )
         if pending.result is not None:  # commit/abort are idempotent by pay_ref
             return RechargeResult(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.terminal import BufferedRecord
+from protocol.terminal import BufferedRecord, Tap
 
 
 class PendingRecharge(msgspec.Struct, kw_only=True):
@@ -34,6 +34,9 @@ class TerminalState(msgspec.Struct, kw_only=True):
     blacklist_version: int = 0
     blacklist: list[str] = []
     pending_recharges: list[PendingRecharge] = []
+    #: A money TAP sent but not answered: resent (same rec) before any new one, so the
+    #: terminal learns what the edge decided instead of guessing.
+    pending_tap: Tap | None = None
 
 
 class StateFile:

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from edge_agent.adapters.transport import open_stream, parse_endpoint
 from firmware_sim.link import FrameLink, LinkClosedError, PeerError, ReplyTimeoutError
 from firmware_sim.state import PendingRecharge, StateFile
-from firmware_sim.transport import open_stream, parse_endpoint
 from protocol import auth
 from protocol.errors import AuthError, ProtocolError
 from protocol.framing import Frame
 from protocol.terminal import (
+    MAX_UPLOAD_RECORDS,
     Ack,
     Auth,
     Body,
@@ -34,6 +35,7 @@ from protocol.terminal import (
     Decision,
     Error,
     Event,
+    EventName,
     Heartbeat,
     Hello,
     LineItem,
@@ -164,6 +166,10 @@ class Terminal:
         self._tasks.append(asyncio.create_task(self._heartbeats(link), name=f"{self.id}-hb"))
         self.show(self.idle_text())
         await self.upload_buffered()
+        await self.on_connected()
+
+    async def on_connected(self) -> None:
+        """Finish what a previous link left open (overridden per kind)."""
 
     async def close(self) -> None:
         """Drop the link and stop background work (idempotent)."""
@@ -263,6 +269,8 @@ class Terminal:
         state = self.store.state
         if update.kind != "blacklist":
             return Ack(ok=False, code="unsupported")
+        if update.version == state.blacklist_version and not update.full:
+            return Ack()  # a retransmission of an update already applied
         if update.full:
             state.blacklist = sorted(set(update.add))
         elif update.prev_version != state.blacklist_version:
@@ -355,7 +363,7 @@ class Terminal:
         state = self.store.state
         uploaded = 0
         while state.buffered and self.online:
-            chunk = state.buffered[:100]
+            chunk = state.buffered[:MAX_UPLOAD_RECORDS]
             try:
                 reply = await self._transact(RecordUpload(records=chunk))
             except (*LINK_ERRORS, PeerError):
@@ -370,10 +378,12 @@ class Terminal:
         self.counters.uploaded += uploaded
         return uploaded
 
-    async def report_event(self, event: str, *, door: str | None = None, detail: str = "") -> bool:
+    async def report_event(
+        self, event: EventName, *, door: str | None = None, detail: str = ""
+    ) -> bool:
         """Send an EVENT (door forced, tamper, …); buffered if cut off. True if acked."""
         rec = self.store.take_rec()
-        body = Event(rec=rec, time_ms=self.now_ms(), event=event, door=door, detail=detail)  # type: ignore[arg-type]
+        body = Event(rec=rec, time_ms=self.now_ms(), event=event, door=door, detail=detail)
         try:
             reply = await self._transact(body)
         except LINK_ERRORS:
@@ -432,6 +442,24 @@ class PosTerminal(Terminal):
             return f"请刷卡 {yuan(int(self.config['price_fen']))}"
         return "请输入金额" if self.mode == "keyed" else "请选择菜品"
 
+    async def on_connected(self) -> None:
+        """Resend a TAP whose DECISION never arrived: the edge answers with what it decided
+        (it may have charged the card), never deciding twice."""
+        pending = self.store.state.pending_tap
+        if pending is not None:
+            outcome = await self.tap_card(pending)
+            self.show(f"上笔交易: {outcome.display}"[:80])
+
+    async def tap_card(self, tap: Tap) -> Outcome:
+        """Money taps are remembered until answered (see :meth:`on_connected`)."""
+        self.store.state.pending_tap = tap
+        self.store.save()
+        outcome = await super().tap_card(tap)
+        if outcome.code != "link_down":
+            self.store.state.pending_tap = None
+            self.store.save()
+        return outcome
+
     async def sale(
         self,
         uid: str,
@@ -470,6 +498,10 @@ class RechargeKiosk(Terminal):
         """Kiosk idle screen."""
         return "请放卡 选择充值金额"
 
+    async def on_connected(self) -> None:
+        """After a restart or a cut link, finish every open recharge first."""
+        await self.resume_pending()
+
     async def _phase(self, body: Body) -> RechargeResult:
         reply = await self._transact(body)
         if not isinstance(reply, RechargeResult):
@@ -506,7 +538,8 @@ class RechargeKiosk(Terminal):
         try:
             prepared = await self._phase(prepare)
         except LINK_ERRORS:
-            self._forget(pay_ref)
+            # Unanswered: the edge may have prepared it. Keep it, unpaid, so the next
+            # connection aborts it explicitly rather than leaving it dangling.
             self.show("网络故障 暂停充值")
             return Outcome(rec, False, "link_down", self.display, _ms(started))
         if not prepared.ok:

@@ -41,7 +41,8 @@ Fen = Annotated[int, Meta(ge=0, le=MAX_FEN, description="non-negative amount in 
 SignedFen = Annotated[int, Meta(ge=-MAX_FEN, le=MAX_FEN, description="signed amount in fen")]
 Seq = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 SeqOrZero = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-Epoch = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+#: A site database generation: its creation time in Unix ms (a recreated database gets a new one).
+Epoch = Annotated[int, Meta(ge=1, le=2**53 - 1)]
 Version = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Count = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 SiteId = Annotated[str, Meta(pattern=SITE_ID_PATTERN)]
@@ -277,6 +278,16 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     Correction,
     CardIntent,
 )
+
+
+_RECORD_KINDS: dict[type[Record], str] = {
+    cls: str(cls.__struct_config__.tag) for cls in RECORD_TYPES
+}
+
+
+def record_kind(record: Record) -> str:
+    """The ``kind`` tag of a record (``"pos.purchase"``, …)."""
+    return _RECORD_KINDS[type(record)]
 
 
 class RecordBatch(Message, kw_only=True, frozen=True):
@@ -619,7 +630,8 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 M = TypeVar("M", bound=Message)
 _encoder = msgspec.json.Encoder()
 _decoders: dict[object, msgspec.json.Decoder[Any]] = {}
-_PATH_RE = re.compile(r" - at `([^`]*)`$")
+#: msgspec ends a ValidationError with " - at `$.path`" (or " - at `key` in `$.path`").
+_PATH_RE = re.compile(r" - at (?:`key` in )?`([^`]*)`$")
 
 
 def encode(message: Message) -> bytes:
@@ -641,8 +653,11 @@ def _decode(payload: bytes | bytearray | memoryview, type_: object) -> Any:
         text = str(exc)
         match = _PATH_RE.search(text)
         raise MessageError(text, path=match.group(1) if match else None) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per nesting level; a peer must not crash us with `[[[[…`.
+        raise MessageError("malformed JSON: nested too deeply") from None
 
 
 def decode(payload: bytes | bytearray | memoryview, type_: type[M]) -> M:
@@ -669,13 +684,29 @@ def decode_batch_records(batch: RawRecordBatch) -> list[AnyRecord | MessageError
     """
     out: list[AnyRecord | MessageError] = []
     for i, raw in enumerate(batch.records):
+        where = f"$.records[{i}]"
         try:
-            rec = decode_record(raw)
+            # msgspec.Raw is a buffer but not bytes; a memoryview passes _decode's check.
+            rec = decode_record(memoryview(raw))
         except MessageError as exc:
-            out.append(MessageError(f"records[{i}]: {exc}", path=exc.path))
+            path = where + exc.path[1:] if exc.path else where
+            out.append(MessageError(f"records[{i}]: {exc}", path=path))
             continue
-        if rec.seq != batch.first_seq + i or rec.site != batch.site:
-            out.append(MessageError(f"records[{i}]: seq/site disagree with the batch envelope"))
+        if rec.seq != batch.first_seq + i:
+            out.append(
+                MessageError(
+                    f"records[{i}]: seq {rec.seq} disagrees with the batch envelope",
+                    path=f"{where}.seq",
+                )
+            )
+            continue
+        if rec.site != batch.site:
+            out.append(
+                MessageError(
+                    f"records[{i}]: site {rec.site!r} disagrees with the batch envelope",
+                    path=f"{where}.site",
+                )
+            )
             continue
         out.append(rec)
     return out

@@ -33,6 +33,9 @@ Display = Annotated[str, Meta(max_length=80)]
 Nonce = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Mac = Annotated[bytes, Meta(min_length=32, max_length=32)]
 TerminalKind = Literal["door", "attendance", "pos", "recharge"]
+#: Limits chosen so the largest valid LIST_UPDATE and RECORD_UPLOAD fit in one frame.
+MAX_LIST_UIDS = 350
+MAX_UPLOAD_RECORDS = 24
 
 
 class Body(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -108,6 +111,10 @@ class Tap(Body, kw_only=True, frozen=True):
     punch: Literal["in", "out"] | None = None
     door: Short | None = None
 
+    def __post_init__(self) -> None:
+        if self.amount is not None and self.items is not None:
+            raise ValueError("send either `amount` or `items`, not both")
+
 
 class Decision(Body, kw_only=True, frozen=True):
     """E→T, reply to TAP. ``display`` is what the terminal shows; ``code`` why."""
@@ -160,12 +167,15 @@ class RechargeResult(Body, kw_only=True, frozen=True):
     balance: Annotated[int, Meta(ge=-1_000_000_000, le=1_000_000_000)] | None = None
 
 
+EventName = Literal["door_forced", "door_held", "tamper", "low_paper", "power_fail", "reader_fault"]
+
+
 class Event(Body, kw_only=True, frozen=True):
     """T→E: a non-card event (door forced or held, tamper, low paper, …)."""
 
     rec: U32
     time_ms: TimeMs
-    event: Literal["door_forced", "door_held", "tamper", "low_paper", "power_fail", "reader_fault"]
+    event: EventName
     door: Short | None = None
     detail: Short = ""
 
@@ -190,8 +200,12 @@ class ListUpdate(Body, kw_only=True, frozen=True):
     version: Annotated[int, Meta(ge=0)]
     prev_version: Annotated[int, Meta(ge=0)]
     full: bool = False
-    add: Annotated[list[CardUid], Meta(max_length=400)] = []
-    remove: Annotated[list[CardUid], Meta(max_length=400)] = []
+    add: Annotated[list[CardUid], Meta(max_length=MAX_LIST_UIDS)] = []
+    remove: Annotated[list[CardUid], Meta(max_length=MAX_LIST_UIDS)] = []
+
+    def __post_init__(self) -> None:
+        if len(self.add) + len(self.remove) > MAX_LIST_UIDS:
+            raise ValueError(f"at most {MAX_LIST_UIDS} UIDs in `add` and `remove` together")
 
 
 class BufferedRecord(Body, kw_only=True, frozen=True):
@@ -202,14 +216,21 @@ class BufferedRecord(Body, kw_only=True, frozen=True):
     what: Literal["tap", "event"]
     uid: CardUid | None = None
     granted: bool | None = None
-    door: Short | None = None
-    event: Short | None = None
+    door: Annotated[str, Meta(max_length=32)] | None = None
+    event: EventName | None = None
+    punch: Literal["in", "out"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.what == "tap" and (self.uid is None or self.granted is None):
+            raise ValueError("a tap record needs `uid` and `granted`")
+        if self.what == "event" and self.event is None:
+            raise ValueError("an event record needs `event`")
 
 
 class RecordUpload(Body, kw_only=True, frozen=True):
     """T→E: buffered records, oldest first; the ACK's ``upto`` says which are safe to drop."""
 
-    records: Annotated[list[BufferedRecord], Meta(min_length=1, max_length=100)]
+    records: Annotated[list[BufferedRecord], Meta(min_length=1, max_length=MAX_UPLOAD_RECORDS)]
 
 
 class Ack(Body, kw_only=True, frozen=True):
@@ -222,7 +243,8 @@ class Ack(Body, kw_only=True, frozen=True):
 
 class Error(Body, kw_only=True, frozen=True):
     """Reply to a request that cannot be served. The link stays up unless ``code`` is
-    ``auth_failed`` or ``unauthenticated``, after which the edge closes it."""
+    ``unknown_terminal``, ``auth_failed`` or ``unauthenticated``, after which the edge closes
+    it."""
 
     code: Code
     message: Display
@@ -253,7 +275,8 @@ FRAME_TYPES: dict[type[Body], FrameType] = {body: ftype for ftype, body in BODY_
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {ftype: msgspec.msgpack.Decoder(body) for ftype, body in BODY_TYPES.items()}
-_PATH_RE = re.compile(r" - at `([^`]*)`$")
+#: msgspec ends a ValidationError with " - at `$.path`" (or " - at `key` in `$.path`").
+_PATH_RE = re.compile(r" - at (?:`key` in )?`([^`]*)`$")
 
 
 def encode_body(body: Body) -> bytes:
@@ -275,8 +298,11 @@ def decode_body(ftype: int, payload: bytes) -> Body:
         raise MessageError(
             f"{FrameType(ftype).name}: {text}", path=match.group(1) if match else None
         ) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"{FrameType(ftype).name}: malformed MessagePack: {exc}") from None
+    except RecursionError:
+        # msgspec recurses per nesting level; 8 KiB of 0x91 bytes is deep enough to hit it.
+        raise MessageError(f"{FrameType(ftype).name}: MessagePack nested too deeply") from None
     return result
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.adapters.transport import parse_endpoint
 from firmware_sim.endpoint import SimCard, TestEndpoint
 from firmware_sim.link import FrameLink, PeerError
 from firmware_sim.ptypair import pty_pair
@@ -19,7 +20,6 @@ from firmware_sim.terminals import (
     SimulatedCrashError,
     TerminalSettings,
 )
-from firmware_sim.transport import parse_endpoint
 from protocol import auth
 from protocol.errors import AuthError
 from protocol.framing import Frame, FrameType, encode_frame
@@ -29,6 +29,7 @@ from protocol.terminal import (
     Decision,
     Hello,
     ListUpdate,
+    RechargeCommit,
     Tap,
     Welcome,
     message_frame,
@@ -149,12 +150,44 @@ async def test_kiosk_crash_after_payment_is_committed_once_on_restart(
     assert endpoint.cards[MEMBER].balance == 10_000  # prepared, not credited: 单边账
 
     restarted = RechargeKiosk(settings(keys, "KIOSK-01", url, state_file=state))
-    async with restarted:
-        assert [p.pay_ref for p in restarted.store.state.pending_recharges] == ["BANK-CRASH"]
-        first = await restarted.resume_pending()
-        again = await restarted.resume_pending()
-    assert [o.ok for o in first] == [True] and again == []
+    assert [p.pay_ref for p in restarted.store.state.pending_recharges] == ["BANK-CRASH"]
+    async with restarted:  # on connecting, the kiosk finishes what it left open
+        assert restarted.store.state.pending_recharges == []
+        assert await restarted.resume_pending() == []
     assert endpoint.cards[MEMBER].balance == 30_000
+    # and a duplicate commit of the same payment reference credits nothing more
+    async with RechargeKiosk(settings(keys, "KIOSK-01", url)) as kiosk:
+        repeat = await kiosk._phase(
+            RechargeCommit(rec=999, pay_ref="BANK-CRASH", time_ms=kiosk.now_ms())
+        )
+    assert repeat.ok
+    assert endpoint.cards[MEMBER].balance == 30_000
+
+
+async def test_commit_after_abort_is_refused(keys, url, endpoint):
+    async with RechargeKiosk(settings(keys, "KIOSK-01", url)) as kiosk:
+        await kiosk.recharge(MEMBER, 5_000, pay_ref="BANK-ABORTED", payment_ok=False)
+        late = await kiosk._phase(
+            RechargeCommit(rec=998, pay_ref="BANK-ABORTED", time_ms=kiosk.now_ms())
+        )
+    assert (late.ok, late.code) == (False, "not_allowed")
+    assert endpoint.cards[MEMBER].balance == 10_000
+
+
+async def test_pos_resends_an_unanswered_tap_on_reconnect_and_learns_the_outcome(
+    keys, url, endpoint, tmp_path
+):
+    state = tmp_path / "pos.json"
+    async with PosTerminal(settings(keys, "POS-01", url, state_file=state)) as pos:
+        await endpoint.sessions["POS-01"].link.close()
+        await asyncio.sleep(0.05)
+        lost = await pos.sale(MEMBER, amount=700)
+        assert lost.code == "link_down"
+        assert pos.store.state.pending_tap is not None
+    async with PosTerminal(settings(keys, "POS-01", url, state_file=state)) as pos:
+        assert pos.store.state.pending_tap is None
+        assert pos.history[-1].startswith("上笔交易: 消费¥7.00")
+    assert endpoint.cards[MEMBER].balance == 9_300  # charged exactly once
 
 
 async def test_record_numbers_survive_a_terminal_restart(keys, url, tmp_path):
