@@ -1,0 +1,192 @@
+"""The composition root of ``onecard-edge run``: owns every task of the daemon.
+
+Start-up order: logging → store (opened, migrated) → site (terminals and policy loaded) →
+terminal listeners (TCP and serial) → ``READY=1``. So systemd's "started" means terminals can
+connect and every tap will be recorded. On SIGTERM: stop accepting connections, let each
+session finish the request it is serving (its record committed and its reply sent), close
+the links, drain the store's queue, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from edge_agent.adapters.sqlite_store import EdgeStore
+from edge_agent.adapters.systemd_notify import notify, watchdog_interval_s
+from edge_agent.adapters.terminal_server import TerminalRegistry, TerminalSession
+from edge_agent.adapters.transport import open_stream, parse_endpoint
+from edge_agent.config import EdgeConfig
+from edge_agent.site import Site
+
+log = structlog.get_logger("edge")
+
+#: How long a stopping daemon waits for in-flight requests before closing links anyway.
+DRAIN_TIMEOUT_S = 5.0
+STATUS_INTERVAL_S = 2.0
+
+
+@dataclass
+class EdgeService:
+    """A running edge: the store, the site logic, and the terminal links."""
+
+    config: EdgeConfig
+    version: str = "0"
+    registry: TerminalRegistry = field(default_factory=TerminalRegistry)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tcp_port: int | None = None
+    site: Site | None = None
+    _sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT when installed by the CLI)."""
+        config = self.config
+        async with EdgeStore.open(config.database, config.site) as store:
+            site = Site(store, heartbeat_s=config.terminals.heartbeat_s)
+            await site.load()
+            self.site = site
+            server = None
+            async with asyncio.TaskGroup() as group:
+                address = config.listen_address()
+                if address is not None:
+                    server = await asyncio.start_server(self._on_tcp, *address)
+                    self.tcp_port = int(server.sockets[0].getsockname()[1])
+                for url in config.terminals.serial:
+                    group.create_task(self._serve_serial(url), name=f"serial:{url}")
+                group.create_task(self._status_loop(site), name="status")
+                interval = watchdog_interval_s()
+                if interval is not None:
+                    group.create_task(self._watchdog(interval), name="watchdog")
+                log.info(
+                    "edge.ready",
+                    site=config.site,
+                    epoch=store.epoch,
+                    tcp=self.tcp_port,
+                    serial=config.terminals.serial,
+                    terminals=len(site.terminals),
+                )
+                notify(f"READY=1\nSTATUS=serving {len(site.terminals)} terminals")
+                self.ready.set()
+                await self.stopping.wait()
+                notify("STOPPING=1")
+                log.info("edge.stopping")
+                if server is not None:
+                    server.close()
+                await self._drain()
+        log.info("edge.stopped")
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (idempotent, callable from a signal handler)."""
+        self.stopping.set()
+
+    def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self._start_session(reader, writer, f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp")
+
+    def _start_session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> asyncio.Task[None] | None:
+        if self.site is None or self.stopping.is_set():
+            writer.close()
+            return None
+        session = TerminalSession(reader, writer, self.site, peer, self.registry)
+        task = asyncio.get_running_loop().create_task(session.run(), name=f"session:{peer}")
+        self._sessions.add(task)
+        self._session_objs[task] = session
+        task.add_done_callback(self._forget_session)
+        return task
+
+    def _forget_session(self, task: asyncio.Task[None]) -> None:
+        self._sessions.discard(task)
+        self._session_objs.pop(task, None)
+
+    async def _serve_serial(self, url: str) -> None:
+        endpoint = parse_endpoint(url if "://" in url else f"serial://{url}")
+        while not self.stopping.is_set():
+            try:
+                reader, writer = await open_stream(endpoint)
+            except OSError as exc:
+                log.warning("serial.unavailable", port=endpoint.path, error=str(exc))
+            else:
+                task = self._start_session(reader, writer, f"serial:{endpoint.path}")
+                if task is not None:
+                    await asyncio.wait([task])
+            await self._pause(2)
+
+    async def _drain(self) -> None:
+        sessions = list(self._session_objs.values())
+        for session in sessions:
+            session.draining = True
+        busy = [t for t, s in self._session_objs.items() if s.busy]
+        if busy:
+            await asyncio.wait(busy, timeout=DRAIN_TIMEOUT_S)
+        for session in sessions:
+            await session.close()
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=DRAIN_TIMEOUT_S)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep ``seconds``; False as soon as the daemon is stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+        return not self.stopping.is_set()
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a blocked loop stops the pings and systemd
+        # restarts us, which is the point.
+        while True:
+            notify("WATCHDOG=1")
+            if not await self._pause(interval):
+                return
+
+    async def _status_loop(self, site: Site) -> None:
+        path = self.config.data_dir / "status.json"
+        while True:
+            try:
+                status = await site.status(self.registry, version=self.version)
+            except Exception as exc:  # noqa: BLE001 - status is best effort, never fatal
+                log.warning("status.failed", error=str(exc))
+            else:
+                status["pid"] = os.getpid()
+                status["tcp_port"] = self.tcp_port
+                status["written_at"] = time.time()
+                _write_atomic(path, msgspec.json.encode(status))
+            if not await self._pause(STATUS_INTERVAL_S):
+                return
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+async def serve(config: EdgeConfig, *, version: str = "0") -> None:
+    """Run the daemon with SIGTERM/SIGINT handling (the CLI's ``run``)."""
+    service = EdgeService(config, version=version)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    await service.run()
+
+
+def read_status(config: EdgeConfig) -> dict[str, Any] | None:
+    """The running daemon's last status snapshot, or None if it has never written one."""
+    path = config.data_dir / "status.json"
+    try:
+        result: dict[str, Any] = msgspec.json.decode(path.read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+    return result
