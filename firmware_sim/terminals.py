@@ -430,6 +430,8 @@ class PosTerminal(Terminal):
     keys in an amount). Money is only ever decided by the edge."""
 
     kind = "pos"
+    #: The outcome of a TAP resent on the last reconnect (see :meth:`on_connected`).
+    resent: Outcome | None = None
 
     @property
     def mode(self) -> str:
@@ -446,8 +448,10 @@ class PosTerminal(Terminal):
         """Resend a TAP whose DECISION never arrived: the edge answers with what it decided
         (it may have charged the card), never deciding twice."""
         pending = self.store.state.pending_tap
+        self.resent = None
         if pending is not None:
             outcome = await self.tap_card(pending)
+            self.resent = outcome
             self.show(f"上笔交易: {outcome.display}"[:80])
 
     async def tap_card(self, tap: Tap) -> Outcome:

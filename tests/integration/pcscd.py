@@ -145,10 +145,36 @@ class PrivatePcscd:
         pcscd, unshare = _find_program("pcscd"), _find_program("unshare")
         ipc_dir, drop_dir = _pcscd_dirs(pcscd)
         driver = _find_vpcd_driver(drop_dir)
-        hidden = ipc_dir.parent  # bind over the parent: ipcdir may not exist on the host
-        # A temp dir under the hidden dir would vanish from pcscd's view.
-        base = "/tmp" if Path(tempfile.gettempdir()).resolve().is_relative_to(hidden) else None
+        # The temp dir must not be under the dir _launch hides, or pcscd could not see it.
+        hidden = Path(tempfile.gettempdir()).resolve().is_relative_to(ipc_dir.parent)
+        base = "/tmp" if hidden else None
         self._dir = workdir = Path(tempfile.mkdtemp(prefix="onecard-pcscd-", dir=base))
+        try:
+            self._launch(
+                workdir,
+                pcscd=pcscd,
+                unshare=unshare,
+                ipc_dir=ipc_dir,
+                drop_dir=drop_dir,
+                driver=driver,
+            )
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(
+        self,
+        workdir: Path,
+        *,
+        pcscd: str,
+        unshare: str,
+        ipc_dir: Path,
+        drop_dir: Path,
+        driver: Path,
+    ) -> None:
+        """Write the reader.conf and driver copy into ``workdir``; spawn pcscd."""
+        hidden = ipc_dir.parent  # bind over the parent: ipcdir may not exist on the host
         run_dir = workdir / "run"
         (run_dir / ipc_dir.name).mkdir(parents=True)
         (workdir / "no-usb-drivers").mkdir()
@@ -178,11 +204,6 @@ class PrivatePcscd:
             self._process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._process is not None
