@@ -160,7 +160,8 @@ def status(config_path: Path, as_json: bool) -> None:
     for term in snapshot["terminals"]:
         state = "online " if term["online"] else "OFFLINE"
         seen = term.get("last_seen_age_s")
-        click.echo(f"  {term['id']:<12} {term['kind']:<10} {state} last seen {_age(seen)} ago")
+        when = "never seen" if seen is None else f"last seen {_age(seen)} ago"
+        click.echo(f"  {term['id']:<12} {term['kind']:<10} {state} {when}")
     if not snapshot["terminals"]:
         click.echo("  (none registered — load a seed with terminals)")
     sys.exit(0)

@@ -99,6 +99,7 @@ class Site:
 
     def __post_init__(self) -> None:
         self.policy = SitePolicy(site=self.store.site)
+        self._no_meals = self.policy
 
     @property
     def site(self) -> str:
@@ -122,6 +123,7 @@ class Site:
         policy_rows = await self.store.read("SELECT data FROM policy WHERE id = 1")
         if policy_rows:
             self.policy = _policy_decoder.decode(policy_rows[0][0])
+        self._no_meals = msgspec.structs.replace(self.policy, meal_periods=[])
         site_zone(self.policy.timezone)  # a wrong zone name fails at start, not at a tap
 
     def terminal(self, terminal_id: str) -> RegisteredTerminal | None:
@@ -357,14 +359,20 @@ class Site:
         service = service if isinstance(service, str) else None
         account = facts.account(conn, person_id) if person_id else None
         covers = account.covers_seq if account else 0
+        # Meal periods and their limits apply at canteen tills only (config `canteen: true`);
+        # a shop or bar till at the same site sells without them.
+        canteen = terminal.config.get("canteen") is True
+        policy = self.policy if canteen else self._no_meals
         spent_today = meal_count = meal_spent = 0
         if person_id is not None:
             start, end = local_day_bounds(now, zone)
             _, spent_today = facts.spent_between(conn, person_id, start, end)
-            period = current_meal_period(now, self.policy)
+            period = current_meal_period(now, policy)
             if period is not None:
                 m_start, m_end = meal_period_bounds(now, period, zone)
-                meal_count, meal_spent = facts.spent_between(conn, person_id, m_start, m_end)
+                meal_count, meal_spent = facts.spent_between(
+                    conn, person_id, m_start, m_end, meals_only=True
+                )
         purchase_facts = PurchaseFacts(
             card=card,
             account=account,
@@ -378,7 +386,7 @@ class Site:
             offline=self._offline(conn, person_id, now),
         )
         request = PurchaseRequest(amount_fen=amount if amount is not None else 0, service=service)
-        decision = decide_purchase(request, purchase_facts, self.policy, now)
+        decision = decide_purchase(request, purchase_facts, policy, now)
         record = self._append(
             conn, terminal, tap.time_ms, now, partial(_purchase_record, decision, lines),
             term_rec=tap.rec, card_uid=tap.uid, offline=decision.offline,
@@ -400,8 +408,8 @@ class Site:
                     ),
                 )
             conn.execute(
-                "INSERT INTO purchases (seq, person_id, card_uid, amount, at_ms, offline)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO purchases (seq, person_id, card_uid, amount, at_ms, offline,"
+                " meal_period) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.seq,
                     person_id,
@@ -409,6 +417,7 @@ class Site:
                     decision.subsidy_fen + decision.cash_fen,
                     _ms(now),
                     int(decision.offline),
+                    decision.meal_period,
                 ),
             )
         reply = _decision(

@@ -43,7 +43,7 @@ def _read_keys(path: Path) -> dict[str, bytes]:
 
 
 def _print_display(terminal_id: str, text: str) -> None:
-    click.echo(f"[{terminal_id}] {text}")
+    click.echo(f"[{terminal_id}] " + text.replace("\n", " | "))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -316,3 +316,27 @@ def demo(burst: float) -> None:
 
     ok = asyncio.run(run_demo(burst_s=burst))
     sys.exit(0 if ok else 1)
+
+
+@main.command("demo-site")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", type=int, default=7700, show_default=True, help="edge TCP port")
+def demo_site(directory: Path, port: int) -> None:
+    """Write a ready-to-run demo site into DIRECTORY: edge.toml, site.json (a seed with
+    terminals, cardholders, a door and a canteen) and one KEY file per terminal."""
+    from firmware_sim.demo import TERMINALS, demo_seed
+
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = {tid: auth.new_key() for tid in TERMINALS}
+    seed = demo_seed(keys, lunch_start_min=11 * 60)
+    (directory / "site.json").write_text(json.dumps(seed, ensure_ascii=False, indent=1))
+    (directory / "edge.toml").write_text(
+        f'site = "{seed["site"]}"\ndata_dir = "{directory.resolve()}"\n\n'
+        f'[terminals]\nlisten = "127.0.0.1:{port}"\n'
+    )
+    for tid, key in keys.items():
+        path = directory / f"{tid}.key"
+        path.write_text(key.hex() + "\n")
+        path.chmod(0o600)
+    click.echo(f"wrote {directory}/edge.toml, site.json and {len(keys)} terminal keys")
+    click.echo(f"next: onecard-edge seed {directory}/site.json --config {directory}/edge.toml")

@@ -207,13 +207,20 @@ def tickets(
 
 
 def spent_between(
-    conn: sqlite3.Connection, person_id: str, start: datetime, end: datetime
+    conn: sqlite3.Connection,
+    person_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    meals_only: bool = False,
 ) -> tuple[int, int]:
-    """(approved sales, money spent) by the person in ``[start, end)``."""
+    """(approved sales, money spent) by the person in ``[start, end)``; with ``meals_only``,
+    only canteen sales made in a meal period (ticket meals included)."""
     row = conn.execute(
         "SELECT count(*), coalesce(sum(amount), 0) FROM purchases"
-        " WHERE person_id = ? AND at_ms >= ? AND at_ms < ?",
-        (person_id, ms(start), ms(end)),
+        " WHERE person_id = ? AND at_ms >= ? AND at_ms < ?"
+        " AND (? = 0 OR meal_period IS NOT NULL)",
+        (person_id, ms(start), ms(end), int(meals_only)),
     ).fetchone()
     return int(row[0]), int(row[1])
 

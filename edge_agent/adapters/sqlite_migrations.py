@@ -170,7 +170,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             card_uid  TEXT NOT NULL,
             amount    INTEGER NOT NULL,
             at_ms     INTEGER NOT NULL,
-            offline   INTEGER NOT NULL
+            offline   INTEGER NOT NULL,
+            meal_period TEXT                     -- set for canteen sales in a meal period
         ) STRICT;
         CREATE INDEX purchases_person_at ON purchases (person_id, at_ms);
         CREATE INDEX purchases_offline ON purchases (offline, seq) WHERE offline = 1;

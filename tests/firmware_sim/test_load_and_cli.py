@@ -171,3 +171,14 @@ def test_cli_rejects_a_malformed_key_file(tmp_path: Path):
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 2 and "terminal key is not hex" in result.stderr
+
+
+def test_demo_site_writes_a_seedable_site(tmp_path: Path):
+    site = tmp_path / "site"
+    subprocess.run([BIN / "onecard-sim", "demo-site", site], check=True, capture_output=True)
+    assert {p.name for p in site.iterdir()} >= {"edge.toml", "site.json", "POS-01.key"}
+    result = subprocess.run(
+        [BIN / "onecard-edge", "seed", site / "site.json", "--config", site / "edge.toml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert "6 terminals" in result.stdout
