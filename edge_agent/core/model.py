@@ -26,7 +26,7 @@ class CardStatus(enum.StrEnum):
     REPLACED = "replaced"  # 补卡后的旧卡
 
 
-class Person(Struct, frozen=True, kw_only=True):
+class Person(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A cardholder: staff (员工) or member (会员)."""
 
     id: str
@@ -36,7 +36,7 @@ class Person(Struct, frozen=True, kw_only=True):
     department: str | None = None
 
 
-class Card(Struct, frozen=True, kw_only=True):
+class Card(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A physical card (or phone) bound to a person."""
 
     uid: str
@@ -47,7 +47,7 @@ class Card(Struct, frozen=True, kw_only=True):
     card_type: str = "standard"
 
 
-class Account(Struct, frozen=True, kw_only=True):
+class Account(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A person's purses as central last published them (``covers_seq`` = the highest seq of
     this site's outbox central had applied when it computed them). The edge adds its own
     pending deltas above ``covers_seq`` to get the available balance."""
@@ -62,7 +62,7 @@ class Account(Struct, frozen=True, kw_only=True):
     daily_limit_fen: int | None = None
 
 
-class Ticket(Struct, frozen=True, kw_only=True):
+class Ticket(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A count ticket (计次票: ``remaining`` uses) or a period ticket (期限票: valid from/to)
     for a ``service`` (a POS or door configured with that service consumes it)."""
 
@@ -82,7 +82,7 @@ class Interval(Struct, frozen=True, array_like=True):
     end: int
 
 
-class TimeZone(Struct, frozen=True, kw_only=True):
+class TimeZone(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A weekly schedule (门禁时段). ``weekly[d]`` lists the open intervals of weekday ``d``
     (0 = Monday … 6 = Sunday); on a holiday ``holiday`` applies instead."""
 
@@ -91,7 +91,7 @@ class TimeZone(Struct, frozen=True, kw_only=True):
     holiday: list[Interval] = field(default_factory=list)
 
 
-class DoorGroup(Struct, frozen=True, kw_only=True):
+class DoorGroup(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Doors that share access rules and anti-passback (反潜回) state.
 
     ``hard`` anti-passback refuses a second entry without an exit in between; ``soft``
@@ -105,7 +105,7 @@ class DoorGroup(Struct, frozen=True, kw_only=True):
     fail_mode: Literal["secure", "safe"] = "secure"
 
 
-class Door(Struct, frozen=True, kw_only=True):
+class Door(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One door, opened by a terminal. ``direction`` is which way its reader faces."""
 
     id: str
@@ -116,7 +116,7 @@ class Door(Struct, frozen=True, kw_only=True):
     open_ms: int = 3000
 
 
-class AccessLevel(Struct, frozen=True, kw_only=True):
+class AccessLevel(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Door group × time zone, optionally limited to a validity period."""
 
     id: str
@@ -126,7 +126,7 @@ class AccessLevel(Struct, frozen=True, kw_only=True):
     valid_to: datetime | None = None
 
 
-class AccessGrant(Struct, frozen=True, kw_only=True):
+class AccessGrant(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """An access level assigned to a person, optionally for a validity period."""
 
     person_id: str
@@ -135,7 +135,7 @@ class AccessGrant(Struct, frozen=True, kw_only=True):
     valid_to: datetime | None = None
 
 
-class MealPeriod(Struct, frozen=True, kw_only=True):
+class MealPeriod(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A canteen meal period (local time) with its per-card limits."""
 
     name: str
@@ -144,7 +144,7 @@ class MealPeriod(Struct, frozen=True, kw_only=True):
     max_amount_fen: int | None = None
 
 
-class OfflinePolicy(Struct, frozen=True, kw_only=True):
+class OfflinePolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Caps that apply while the site is offline (brief: Offline policy)."""
 
     max_purchase_fen: int = 5000
@@ -154,7 +154,7 @@ class OfflinePolicy(Struct, frozen=True, kw_only=True):
     allow_recharge: bool = False
 
 
-class SitePolicy(Struct, frozen=True, kw_only=True):
+class SitePolicy(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Per-site policy, set centrally."""
 
     site: str
@@ -170,7 +170,7 @@ class SitePolicy(Struct, frozen=True, kw_only=True):
     recharge_cap_fen: int = 1_000_000
 
 
-class TerminalConf(Struct, frozen=True, kw_only=True):
+class TerminalConf(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A terminal registered at this site. ``config`` is sent in WELCOME (pos_mode,
     price_fen, menu, service, …)."""
 
@@ -181,7 +181,7 @@ class TerminalConf(Struct, frozen=True, kw_only=True):
     config: dict[str, Any] = field(default_factory=dict)
 
 
-class Holiday(Struct, frozen=True, kw_only=True):
+class Holiday(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A local date on which time zones use their ``holiday`` intervals."""
 
     day: date
