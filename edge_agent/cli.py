@@ -151,7 +151,7 @@ def status(config_path: Path, as_json: bool) -> None:
     oldest = _age(snapshot["outbox_oldest_age_s"])
     click.echo(
         f"outbox: {snapshot['outbox_depth']} unsynced, oldest {oldest}"
-        f"  (epoch {snapshot['epoch']}, acked seq {snapshot['acked_seq']})"
+        f"  (epoch {snapshot['epoch']}, acked {snapshot['acked']})"
     )
     click.echo(
         f"versions: feed {snapshot['feed_version']}  blacklist {snapshot['blacklist_version']}"

@@ -34,6 +34,18 @@ class TerminalsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_s: int = 10
 
 
+class MqttConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[mqtt]``: how the edge reaches HQ's broker. Absent: the site runs standalone."""
+
+    url: str = ""  # mqtts://HOST:8883 (TLS) or mqtt://HOST:1883 (tests, loopback only)
+    username: str = ""  # defaults to the site id
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    keepalive_s: int = 30
+    #: No ack or feed for this long (while connected) counts as offline for the policy.
+    offline_after_s: int = 60
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[log]``."""
 
@@ -47,6 +59,7 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     site: str
     data_dir: Path = Path("/var/lib/onecard")
     terminals: TerminalsConfig = msgspec.field(default_factory=TerminalsConfig)
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
     @property
@@ -63,7 +76,7 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    sections = {"terminals": TerminalsConfig, "log": LogConfig}
+    sections = {"terminals": TerminalsConfig, "mqtt": MqttConfig, "log": LogConfig}
     out: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):

@@ -196,17 +196,18 @@ class Site:
             if row[0] != frame_type:
                 return msg.Error(code="duplicate", message="record number already used")
             return _replay(frame_type, row[1])
-        reply, seq = self._decide(terminal, body, now, conn)
+        reply, record_id = self._decide(terminal, body, now, conn)
         conn.execute(
-            "INSERT INTO terminal_txns (terminal_id, term_rec, frame_type, seq, reply, created_ms)"
+            "INSERT INTO terminal_txns (terminal_id, term_rec, frame_type, record_id, reply,"
+            " created_ms)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (terminal.id, body.rec, int(frame_type), seq, _encoder.encode(reply), _ms(now)),
+            (terminal.id, body.rec, int(frame_type), record_id, _encoder.encode(reply), _ms(now)),
         )
         return reply
 
     def _decide(
         self, terminal: RegisteredTerminal, body: Any, now: datetime, conn: sqlite3.Connection
-    ) -> tuple[msg.Body, int | None]:
+    ) -> tuple[msg.Body, str | None]:
         if isinstance(body, msg.Event):
             record = self._append(
                 conn,
@@ -214,9 +215,10 @@ class Site:
                 body.time_ms,
                 now,
                 partial(rec.TerminalEvent, event=body.event, door=body.door, detail=body.detail),
+                lane=1,
                 term_rec=body.rec,
             )
-            return msg.Ack(), record.seq
+            return msg.Ack(), record.id
         if isinstance(body, msg.Tap):
             if terminal.kind == "door":
                 return self._door(terminal, body, now, conn)
@@ -236,7 +238,7 @@ class Site:
 
     def _door(
         self, terminal: RegisteredTerminal, tap: msg.Tap, now: datetime, conn: sqlite3.Connection
-    ) -> tuple[msg.Body, int | None]:
+    ) -> tuple[msg.Body, str | None]:
         door_row = facts.door_for_terminal(conn, terminal.id, tap.door)
         if door_row is None:
             return _decision(
@@ -268,6 +270,7 @@ class Site:
                 reason=str(decision.reason),
                 blacklist_version=facts.blacklist_version(conn),
             ),
+            lane=1,
             term_rec=tap.rec,
             card_uid=tap.uid,
         )
@@ -285,11 +288,11 @@ class Site:
             self._display(terminal, decision.display_zh, decision.display_en),
             open_ms=decision.open_ms,
         )
-        return reply, record.seq
+        return reply, record.id
 
     def _punch(
         self, terminal: RegisteredTerminal, tap: msg.Tap, now: datetime, conn: sqlite3.Connection
-    ) -> tuple[msg.Body, int | None]:
+    ) -> tuple[msg.Body, str | None]:
         card = facts.card_facts(conn, tap.uid)
         person_id = card.card.person_id if card.card else None
         punch_facts = PunchFacts(
@@ -307,6 +310,7 @@ class Site:
                 accepted=decision.ok,
                 reason=str(decision.reason),
             ),
+            lane=1,
             term_rec=tap.rec,
             card_uid=tap.uid,
         )
@@ -317,7 +321,7 @@ class Site:
                 (person_id, _ms(now)),
             )
         display = self._display(terminal, decision.display_zh, decision.display_en)
-        return _decision(tap.rec, decision.ok, str(decision.reason), display), record.seq
+        return _decision(tap.rec, decision.ok, str(decision.reason), display), record.id
 
     def _price(self, terminal: RegisteredTerminal, tap: msg.Tap) -> tuple[int | None, list[Any]]:
         config = terminal.config
@@ -350,7 +354,7 @@ class Site:
 
     def _purchase(
         self, terminal: RegisteredTerminal, tap: msg.Tap, now: datetime, conn: sqlite3.Connection
-    ) -> tuple[msg.Body, int | None]:
+    ) -> tuple[msg.Body, str | None]:
         amount, lines = self._price(terminal, tap)
         card = facts.card_facts(conn, tap.uid)
         person_id = card.card.person_id if card.card else None
@@ -389,7 +393,7 @@ class Site:
         decision = decide_purchase(request, purchase_facts, policy, now)
         record = self._append(
             conn, terminal, tap.time_ms, now, partial(_purchase_record, decision, lines),
-            term_rec=tap.rec, card_uid=tap.uid, offline=decision.offline,
+            lane=0, term_rec=tap.rec, card_uid=tap.uid, offline=decision.offline,
         )  # fmt: skip
         if decision.ok and person_id is not None:
             effect = balance_effect(decision)
@@ -428,13 +432,13 @@ class Site:
             amount=decision.subsidy_fen + decision.cash_fen if decision.ok else None,
             balance=decision.balance_after_fen,
         )
-        return reply, record.seq
+        return reply, record.id
 
     # -- recharge ------------------------------------------------------------------------------
 
     def _recharge(
         self, terminal: RegisteredTerminal, body: Any, now: datetime, conn: sqlite3.Connection
-    ) -> tuple[msg.Body, int | None]:
+    ) -> tuple[msg.Body, str | None]:
         existing = facts.recharge(conn, body.pay_ref)
         decision: RechargeDecision
         if isinstance(body, msg.RechargePrepare):
@@ -460,7 +464,7 @@ class Site:
             decision = commit_recharge(body.pay_ref, commit, now)
         else:
             decision = abort_recharge(body.pay_ref, existing, now, reason=body.reason)
-        seq = None
+        record_id = None
         if decision.changed and decision.recharge is not None:
             state = decision.recharge
             conn.execute(
@@ -482,9 +486,16 @@ class Site:
                     rec.RechargeAbort, pay_ref=body.pay_ref, reason=body.reason or "aborted"
                 )
             record = self._append(
-                conn, terminal, body.time_ms, now, make, term_rec=body.rec, card_uid=state.uid
+                conn,
+                terminal,
+                body.time_ms,
+                now,
+                make,
+                lane=0,
+                term_rec=body.rec,
+                card_uid=state.uid,
             )
-            seq = record.seq
+            seq, record_id = record.seq, record.id
             effect = balance_effect(decision)
             if not effect.is_zero:
                 conn.execute(
@@ -501,7 +512,7 @@ class Site:
             display=display,
             balance=decision.balance_after_fen,
         )
-        return reply, seq
+        return reply, record_id
 
     # -- buffered records -----------------------------------------------------------------------
 
@@ -526,17 +537,18 @@ class Site:
                 buffered.time_ms,
                 now,
                 partial(_buffered_record, terminal.kind, buffered, facts.blacklist_version(conn)),
+                lane=1,
                 term_rec=buffered.rec,
                 card_uid=buffered.uid,
             )
             conn.execute(
-                "INSERT INTO terminal_txns (terminal_id, term_rec, frame_type, seq, reply,"
+                "INSERT INTO terminal_txns (terminal_id, term_rec, frame_type, record_id, reply,"
                 " created_ms) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     terminal.id,
                     buffered.rec,
                     int(FrameType.RECORD_UPLOAD),
-                    record.seq,
+                    record.id,
                     ack,
                     _ms(now),
                 ),
@@ -553,6 +565,7 @@ class Site:
         now: datetime,
         make: Callable[..., rec.Record],
         *,
+        lane: rec.Lane,
         term_rec: int | None = None,
         card_uid: str | None = None,
         offline: bool | None = None,
@@ -563,6 +576,7 @@ class Site:
             conn,
             self.site,
             self.store.epoch,
+            lane,
             lambda seq, rid: make(
                 id=rid,
                 seq=seq,
@@ -584,7 +598,7 @@ class Site:
             return {
                 "outbox_depth": depth,
                 "outbox_oldest_ms": oldest,
-                "acked_seq": int(get_meta(conn, "acked_seq") or 0),
+                "acked": [outbox.acked_watermark(conn, lane) for lane in rec.LANES],
                 "feed_version": int(get_meta(conn, "feed_version") or 0),
                 "blacklist_version": int(get_meta(conn, "blacklist_version") or 0),
             }

@@ -61,6 +61,11 @@ Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
 UtcTime = Annotated[datetime, Meta(tz=True)]
 
 TerminalKind = Literal["door", "attendance", "pos", "recharge", "desk"]
+#: Uplink lanes, each its own contiguous seq stream per epoch: 0 carries card-state intents
+#: and money (synced first after an outage, and what balances' ``covers`` refer to), 1 the
+#: rest (door, attendance, events).
+Lane = Literal[0, 1]
+LANES: tuple[Lane, Lane] = (0, 1)
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 RechargeMethod = Literal["cash", "bank", "online"]
 
@@ -291,10 +296,12 @@ def record_kind(record: Record) -> str:
 
 
 class RecordBatch(Message, kw_only=True, frozen=True):
-    """``site/{site}/up/records``: a contiguous run ``first_seq..last_seq`` of one epoch."""
+    """``site/{site}/up/records``: a contiguous run ``first_seq..last_seq`` of one lane of
+    one epoch."""
 
     site: SiteId
     epoch: Epoch
+    lane: Lane = 0
     first_seq: Seq
     last_seq: Seq
     records: Annotated[list[AnyRecord], Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]
@@ -314,6 +321,7 @@ class RawRecordBatch(Message, kw_only=True, frozen=True):
 
     site: SiteId
     epoch: Epoch
+    lane: Lane = 0
     first_seq: Seq
     last_seq: Seq
     records: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]
@@ -333,9 +341,11 @@ def _check_batch_envelope(first_seq: int, last_seq: int, count: int) -> None:
 
 
 class Ack(Message, kw_only=True, frozen=True):
-    """``site/{site}/down/ack``: central has durably committed every seq up to ``acked_seq``."""
+    """``site/{site}/down/ack``: central has durably committed every seq of ``lane`` up to
+    ``acked_seq`` (the highest contiguous one)."""
 
     epoch: Epoch
+    lane: Lane = 0
     acked_seq: SeqOrZero
 
 
@@ -358,7 +368,8 @@ class SiteBirth(Message, kw_only=True, frozen=True):
     at: UtcTime
     version: Name
     epoch: Epoch
-    acked_seq: SeqOrZero
+    #: Central's ack watermark the edge holds, per lane (index = lane).
+    acked: Annotated[list[SeqOrZero], Meta(min_length=2, max_length=2)]
     outbox_depth: Count
     outbox_oldest_age_s: Annotated[float, Meta(ge=0)] | None = None
     feed_version: Version
@@ -551,9 +562,10 @@ class Command(Message, tag_field="cmd", kw_only=True, frozen=True):
 
 
 class ResendFrom(Command, tag="resend_from", kw_only=True, frozen=True):
-    """Central saw a gap: resend the outbox from ``from_seq`` of ``epoch``."""
+    """Central saw a gap: resend ``lane`` of the outbox from ``from_seq`` of ``epoch``."""
 
     epoch: Epoch
+    lane: Lane = 0
     from_seq: Seq
 
 

@@ -128,15 +128,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) STRICT;
 
         -- the outbox: every record, numbered, kept until central's ack covers it ------------
+        -- lane 0 = card intents and money, lane 1 = the rest; each lane numbers its records
+        -- with its own 64-bit seq per epoch, never reused
         CREATE TABLE outbox (
-            seq        INTEGER PRIMARY KEY,          -- 64-bit, never reused within an epoch
+            lane       INTEGER NOT NULL CHECK (lane IN (0, 1)),
+            seq        INTEGER NOT NULL,
             epoch      INTEGER NOT NULL,
             id         TEXT NOT NULL UNIQUE,         -- globally unique record id
             kind       TEXT NOT NULL,
-            lane       INTEGER NOT NULL,             -- 0 = card intents and money, 1 = the rest
             payload    BLOB NOT NULL,                -- the protocol Record, JSON
             created_ms INTEGER NOT NULL,
-            acked      INTEGER NOT NULL DEFAULT 0
+            acked      INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (lane, seq)
         ) STRICT;
         CREATE INDEX outbox_unacked ON outbox (lane, seq) WHERE acked = 0;
 
@@ -146,13 +149,14 @@ MIGRATIONS: list[tuple[str, str]] = [
             terminal_id TEXT NOT NULL,
             term_rec    INTEGER NOT NULL,
             frame_type  INTEGER NOT NULL,
-            seq         INTEGER,                     -- the outbox record it produced
+            record_id   TEXT,                        -- the outbox record it produced
             reply       BLOB NOT NULL,               -- the reply body, MessagePack
             created_ms  INTEGER NOT NULL,
             PRIMARY KEY (terminal_id, term_rec)
         ) STRICT, WITHOUT ROWID;
 
         -- local money and ticket effects not yet covered by central's published balances
+        -- (seq = the lane-0 seq of the record that caused it)
         CREATE TABLE local_deltas (
             seq         INTEGER PRIMARY KEY,
             person_id   TEXT NOT NULL,
@@ -163,7 +167,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) STRICT;
         CREATE INDEX local_deltas_person ON local_deltas (person_id, seq);
 
-        -- spending history for per-day, per-meal and offline caps
+        -- spending history for per-day, per-meal and offline caps (seq: lane 0)
         CREATE TABLE purchases (
             seq       INTEGER PRIMARY KEY,
             person_id TEXT NOT NULL,

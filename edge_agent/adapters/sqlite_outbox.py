@@ -1,9 +1,14 @@
 """The outbox: every record the site produced, numbered, kept until central's ack covers it.
 
+Records go in one of two lanes (:data:`protocol.messages.LANES`): lane 0 carries card-state
+intents and money, lane 1 the rest. Each lane is its own contiguous sequence per epoch, so
+after an outage the money lane can sync first without leaving gaps central would wait on,
+and a balance's ``covers`` can name one lane-0 seq.
+
 Functions here run inside a store operation (on the writer connection, in a transaction).
-``seq`` comes from a counter in ``meta`` updated in the same transaction as the insert, so a
-rolled-back operation gives its number back and the sequence has no holes; it is never
-reused within an epoch, even after acked rows are pruned.
+``seq`` comes from a per-lane counter in ``meta`` updated in the same transaction as the
+insert, so a rolled-back operation gives its number back and the sequence has no holes; it
+is never reused within an epoch, even after acked rows are pruned.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TypeVar
 import msgspec
 
 from edge_agent.adapters.sqlite_store import get_meta, now_ms, set_meta
-from protocol.messages import Record, record_kind
+from protocol.messages import Lane, Record, record_kind
 
 R = TypeVar("R", bound=Record)
 
@@ -50,49 +55,63 @@ class OutboxRow:
     acked: bool
 
 
-def append(conn: sqlite3.Connection, site: str, epoch: int, make: Callable[[int, str], R]) -> R:
-    """Number a new record and write it: ``make(seq, record_id)`` builds it."""
-    seq = int(get_meta(conn, "next_seq") or 1)
-    record = make(seq, f"{site}.{epoch}.{seq}")
+def lane_of(kind: str) -> Lane:
+    """The lane records of ``kind`` travel in."""
+    return 0 if kind in MONEY_KINDS else 1
+
+
+def append(
+    conn: sqlite3.Connection, site: str, epoch: int, lane: Lane, make: Callable[[int, str], R]
+) -> R:
+    """Number a new record in ``lane`` and write it: ``make(seq, record_id)`` builds it.
+
+    Raises ValueError (rolling the operation back) if the record belongs in the other lane.
+    """
+    counter = f"next_seq_{lane}"
+    seq = int(get_meta(conn, counter) or 1)
+    record = make(seq, f"{site}.{epoch}.{lane}.{seq}")
     kind = record_kind(record)
+    if lane_of(kind) != lane:
+        raise ValueError(f"{kind} records go in lane {lane_of(kind)}, not {lane}")
     conn.execute(
-        "INSERT INTO outbox (seq, epoch, id, kind, lane, payload, created_ms) "
+        "INSERT INTO outbox (lane, seq, epoch, id, kind, payload, created_ms) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            seq,
-            epoch,
-            record.id,
-            kind,
-            0 if kind in MONEY_KINDS else 1,
-            _encoder.encode(record),
-            now_ms(),
-        ),
+        (lane, seq, epoch, record.id, kind, _encoder.encode(record), now_ms()),
     )
-    set_meta(conn, "next_seq", seq + 1)
+    set_meta(conn, counter, seq + 1)
     return record
 
 
-def mark_acked(conn: sqlite3.Connection, epoch: int, acked_seq: int) -> int:
-    """Mark every record of ``epoch`` up to ``acked_seq`` acked; returns how many changed.
-
-    Only central's application-level ack may call this — never a PUBACK (brief, invariant 3).
-    """
+def mark_acked(conn: sqlite3.Connection, epoch: int, lane: Lane, acked_seq: int) -> int:
+    """Mark every record of ``lane`` in ``epoch`` up to ``acked_seq`` acked; returns how many
+    changed. Only central's application-level ack may call this — never a PUBACK (brief,
+    invariant 3). An ack for another epoch changes nothing."""
     cursor = conn.execute(
-        "UPDATE outbox SET acked = 1 WHERE acked = 0 AND epoch = ? AND seq <= ?",
-        (epoch, acked_seq),
+        "UPDATE outbox SET acked = 1 WHERE acked = 0 AND lane = ? AND epoch = ? AND seq <= ?",
+        (lane, epoch, acked_seq),
     )
-    current = int(get_meta(conn, "acked_seq") or 0)
-    if acked_seq > current:
-        set_meta(conn, "acked_seq", acked_seq)
+    if acked_seq > acked_watermark(conn, lane) and cursor.rowcount >= 0:
+        exists = conn.execute(
+            "SELECT 1 FROM outbox WHERE lane = ? AND epoch = ? LIMIT 1", (lane, epoch)
+        ).fetchone()
+        if exists is not None:
+            set_meta(conn, f"acked_seq_{lane}", acked_seq)
     return cursor.rowcount
 
 
-def unacked(conn: sqlite3.Connection, *, after_seq: int = 0, limit: int = 500) -> list[OutboxRow]:
-    """Unacked records in seq order (both lanes), starting after ``after_seq``."""
+def acked_watermark(conn: sqlite3.Connection, lane: Lane) -> int:
+    """The highest seq of ``lane`` central has acknowledged."""
+    return int(get_meta(conn, f"acked_seq_{lane}") or 0)
+
+
+def unacked(
+    conn: sqlite3.Connection, lane: Lane, *, after_seq: int = 0, limit: int = 500
+) -> list[OutboxRow]:
+    """Unacked records of ``lane`` in seq order, starting after ``after_seq``."""
     rows = conn.execute(
         "SELECT seq, epoch, id, kind, lane, payload, created_ms, acked FROM outbox "
-        "WHERE acked = 0 AND seq > ? ORDER BY seq LIMIT ?",
-        (after_seq, limit),
+        "WHERE acked = 0 AND lane = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (lane, after_seq, limit),
     ).fetchall()
     return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
 

@@ -24,7 +24,7 @@ TILLS = [f"POS-{i:02d}" for i in range(3, 9)]
 
 def _records(data_dir: Path) -> dict[tuple[str, int], object]:
     with sqlite3.connect(data_dir / "edge.db") as conn:
-        rows = conn.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT payload FROM outbox ORDER BY rowid").fetchall()
     out = {}
     for (payload,) in rows:
         record = decode_record(payload)

@@ -28,7 +28,7 @@ def event(seq: int, rid: str) -> TerminalEvent:
 
 
 def append_event(conn: sqlite3.Connection, store: EdgeStore) -> TerminalEvent:
-    return outbox.append(conn, SITE, store.epoch, event)
+    return outbox.append(conn, SITE, store.epoch, 1, event)
 
 
 async def test_new_database_is_migrated_in_wal_with_full_sync_and_a_fresh_epoch(tmp_path: Path):
@@ -87,19 +87,28 @@ async def test_outbox_rows_stay_until_an_ack_covers_them(tmp_path: Path):
         for _ in range(5):
             await store.run(partial(append_event, store=store))
         assert (await store.run(outbox.depth))[0] == 5
-        other_epoch = await store.run(lambda c: outbox.mark_acked(c, store.epoch + 1, 5))
+        other_epoch = await store.run(lambda c: outbox.mark_acked(c, store.epoch + 1, 1, 5))
         assert other_epoch == 0  # an ack for another epoch covers nothing
-        changed = await store.run(lambda c: outbox.mark_acked(c, store.epoch, 3))
-        rows = await store.run(outbox.unacked)
+        other_lane = await store.run(lambda c: outbox.mark_acked(c, store.epoch, 0, 5))
+        assert other_lane == 0  # nor one for the other lane
+        changed = await store.run(lambda c: outbox.mark_acked(c, store.epoch, 1, 3))
+        rows = await store.run(lambda c: outbox.unacked(c, 1))
         assert changed == 3 and [r.seq for r in rows] == [4, 5]
-        assert all(r.lane == 1 for r in rows)  # events go in the second lane
+        assert await store.run(lambda c: outbox.acked_watermark(c, 1)) == 3
+        assert await store.run(lambda c: outbox.unacked(c, 0)) == []  # events go in lane 1
+
+
+async def test_a_record_in_the_wrong_lane_is_refused(tmp_path: Path):
+    async with EdgeStore.open(tmp_path / "edge.db", SITE) as store:
+        with pytest.raises(ValueError, match=r"terminal\.event records go in lane 1"):
+            await store.run(lambda c: outbox.append(c, SITE, store.epoch, 0, event))
 
 
 async def test_seq_is_never_reused_after_acked_rows_are_pruned(tmp_path: Path):
     async with EdgeStore.open(tmp_path / "edge.db", SITE) as store:
         for _ in range(3):
             await store.run(partial(append_event, store=store))
-        await store.run(lambda c: outbox.mark_acked(c, store.epoch, 3))
+        await store.run(lambda c: outbox.mark_acked(c, store.epoch, 1, 3))
         pruned = await store.run(lambda c: outbox.prune_acked(c, 2**62))
         record = await store.run(partial(append_event, store=store))
     assert pruned == 3 and record.seq == 4
