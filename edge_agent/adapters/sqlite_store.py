@@ -77,75 +77,41 @@ def connect_writer(path: Path) -> sqlite3.Connection:
     return conn
 
 
-@dataclass
-class EdgeStore:
-    """The site's database. Use as ``async with EdgeStore.open(path, site) as store``."""
+@dataclass(kw_only=True)
+class GroupCommitDB:
+    """A SQLite database with one writer thread doing group commit (see the module docs).
+
+    Subclasses say how to migrate and what to do once open. Shared by the edge's store and
+    central's.
+    """
 
     path: Path
-    site: str
     stats: StoreStats = field(default_factory=StoreStats)
-    epoch: int = 0
     _conn: sqlite3.Connection | None = None
     _executor: ThreadPoolExecutor | None = None
     _queue: asyncio.Queue[_Pending] | None = None
     _writer_task: asyncio.Task[None] | None = None
     _reader: aiosqlite.Connection | None = None
 
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, path: Path, site: str) -> Any:
-        """Open (creating and migrating if needed) and start the writer; close on exit."""
-        store = cls(path=Path(path), site=site)
-        await store.start()
-        try:
-            yield store
-        finally:
-            await store.close()
+    def migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the schema up to date (on the writer thread, before anything else)."""
+        raise NotImplementedError
+
+    def after_open(self, conn: sqlite3.Connection) -> None:
+        """Anything to do on the writer thread once migrated (default: nothing)."""
 
     async def start(self) -> None:
         """Open connections, migrate, and start the group-commit writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-store")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._executor, connect_writer, self.path)
-        await loop.run_in_executor(self._executor, migrate, self._conn)
-        self.epoch = await loop.run_in_executor(self._executor, self._init_meta)
+        await loop.run_in_executor(self._executor, self.migrate, self._conn)
+        await loop.run_in_executor(self._executor, self.after_open, self._conn)
         self._queue = asyncio.Queue()
-        self._writer_task = asyncio.create_task(self._writer(), name="edge-store-writer")
+        self._writer_task = asyncio.create_task(self._writer(), name="sqlite-writer")
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute("PRAGMA query_only=ON")
-
-    def _init_meta(self) -> int:
-        conn = self._require_conn()
-        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if "site" in rows and rows["site"] != self.site:
-            raise StoreError(
-                f"{self.path} belongs to site {rows['site']}, not {self.site}: "
-                "refusing to mix two sites' records"
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if "epoch" not in rows:
-                # A new database is a new epoch: its creation time in ms, so a recreated
-                # database never reuses (epoch, seq) pairs central has already seen.
-                epoch = now_ms()
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("site", self.site),
-                        ("epoch", str(epoch)),
-                        ("feed_version", "0"),
-                        ("blacklist_version", "0"),
-                        ("acked_seq", "0"),
-                    ],
-                )
-            else:
-                epoch = int(rows["epoch"])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return epoch
 
     def _require_conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -243,6 +209,63 @@ class EdgeStore:
             raise StoreError("store is not open")
         async with self._reader.execute(sql, params) as cursor:
             return [tuple(row) for row in await cursor.fetchall()]
+
+
+@dataclass(kw_only=True)
+class EdgeStore(GroupCommitDB):
+    """The site's database. Use as ``async with EdgeStore.open(path, site) as store``."""
+
+    site: str
+    epoch: int = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, path: Path, site: str) -> Any:
+        """Open (creating and migrating if needed) and start the writer; close on exit."""
+        store = cls(path=Path(path), site=site)
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    def migrate(self, conn: sqlite3.Connection) -> None:
+        """The edge's numbered migrations."""
+        migrate(conn)
+
+    def after_open(self, conn: sqlite3.Connection) -> None:
+        """Check the database belongs to this site; start an epoch if it is new."""
+        self.epoch = self._init_meta(conn)
+
+    def _init_meta(self, conn: sqlite3.Connection) -> int:
+        rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if "site" in rows and rows["site"] != self.site:
+            raise StoreError(
+                f"{self.path} belongs to site {rows['site']}, not {self.site}: "
+                "refusing to mix two sites' records"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "epoch" not in rows:
+                # A new database is a new epoch: its creation time in ms, so a recreated
+                # database never reuses (epoch, seq) pairs central has already seen.
+                epoch = now_ms()
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("site", self.site),
+                        ("epoch", str(epoch)),
+                        ("feed_version", "0"),
+                        ("blacklist_version", "0"),
+                    ],
+                )
+            else:
+                epoch = int(rows["epoch"])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return epoch
 
 
 # -- helpers used inside operations (run on the writer thread) ----------------------------------
