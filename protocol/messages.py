@@ -476,6 +476,7 @@ FeedEntity = Literal[
     "time_zone",
     "holiday",
     "access_level",
+    "access_grant",
     "terminal",
     "policy",
     "site_config",
@@ -495,28 +496,6 @@ class FeedChange(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
             raise ValueError("an upsert needs `data`")
         if self.op == "delete" and self.data is not None:
             raise ValueError("a delete carries no `data`")
-
-
-class Feed(Message, kw_only=True, frozen=True):
-    """``site/{site}/down/feed``: changes ``prev_version`` → ``feed_version``, or a snapshot.
-
-    A snapshot too big for one message is sent as ``parts`` messages sharing
-    ``feed_version``; the edge applies it only once every part has arrived.
-    """
-
-    site: SiteId
-    feed_version: Version
-    prev_version: Version
-    snapshot: bool = False
-    part: Annotated[int, Meta(ge=1)] = 1
-    parts: Annotated[int, Meta(ge=1)] = 1
-    changes: Annotated[list[FeedChange], Meta(max_length=MAX_CHANGES)]
-
-    def __post_init__(self) -> None:
-        if not self.snapshot and self.feed_version <= self.prev_version:
-            raise ValueError("`feed_version` must be above `prev_version`")
-        if self.part > self.parts:
-            raise ValueError("`part` is beyond `parts`")
 
 
 class BlacklistChange(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -547,6 +526,34 @@ class BlacklistDelta(Message, kw_only=True, frozen=True):
         _require_utc(at=self.at)
         if self.version <= self.prev_version:
             raise ValueError("`version` must be above `prev_version`")
+
+
+class Feed(Message, kw_only=True, frozen=True):
+    """``site/{site}/down/feed``: changes ``prev_version`` → ``feed_version``, or a snapshot.
+
+    A snapshot too big for one message is sent as ``parts`` messages sharing
+    ``feed_version``; the edge applies it only once every part has arrived. ``blacklist``
+    carries blacklist deltas this site missed (catch-up after a reconnect), applied in order
+    with the same version-chain rule as ``broadcast/blacklist``; a message may carry only
+    those (then ``feed_version == prev_version`` and ``changes`` is empty).
+    """
+
+    site: SiteId
+    feed_version: Version
+    prev_version: Version
+    snapshot: bool = False
+    part: Annotated[int, Meta(ge=1)] = 1
+    parts: Annotated[int, Meta(ge=1)] = 1
+    changes: Annotated[list[FeedChange], Meta(max_length=MAX_CHANGES)]
+    blacklist: Annotated[list[BlacklistDelta], Meta(max_length=1000)] = []
+
+    def __post_init__(self) -> None:
+        if not self.snapshot and self.changes and self.feed_version <= self.prev_version:
+            raise ValueError("`feed_version` must be above `prev_version`")
+        if not self.snapshot and self.feed_version < self.prev_version:
+            raise ValueError("`feed_version` is below `prev_version`")
+        if self.part > self.parts:
+            raise ValueError("`part` is beyond `parts`")
 
 
 class Command(Message, tag_field="cmd", kw_only=True, frozen=True):

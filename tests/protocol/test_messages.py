@@ -1007,10 +1007,28 @@ def test_card_intent_requires_what_its_action_needs(changes: dict[str, Any], mes
 
 
 def test_feed_delta_must_move_forward_but_a_snapshot_may_restart() -> None:
-    feed = {"site": "BJ01", "feed_version": 5, "prev_version": 5, "changes": []}
+    change = {"op": "delete", "entity": "card", "key": "C1"}
+    feed = {"site": "BJ01", "feed_version": 5, "prev_version": 5, "changes": [change]}
 
     assert "above `prev_version`" in str(reject(lambda p: decode(p, m.Feed), feed))
     assert decode(dumps({**feed, "snapshot": True}), m.Feed).snapshot
+    backwards = {**feed, "feed_version": 4, "changes": []}
+    assert "below `prev_version`" in str(reject(lambda p: decode(p, m.Feed), backwards))
+
+
+def test_feed_may_carry_only_blacklist_catch_up_without_moving_the_version() -> None:
+    delta = {
+        "version": 8,
+        "prev_version": 7,
+        "at": "2026-11-23T06:00:00Z",
+        "changes": [
+            {"op": "add", "card_uid": "04A1B2C3", "reason": "lost",
+             "effective_at": "2026-11-23T06:00:00Z"}
+        ],
+    }  # fmt: skip
+    feed = {"site": "BJ01", "feed_version": 5, "prev_version": 5, "changes": []}
+    decoded = decode(dumps({**feed, "blacklist": [delta]}), m.Feed)
+    assert decoded.blacklist[0].version == 8
 
 
 def test_feed_part_must_not_exceed_parts() -> None:
