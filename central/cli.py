@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
+import sys
+from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import Any
 
 import click
+
+DB_OPTION = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/lib/onecard-central/central.db"),
+    show_default=True,
+    envvar="ONECARD_CENTRAL_DB",
+    help="central's SQLite database",
+)
+BROKER_DIR_OPTION = click.option(
+    "--broker-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/etc/onecard/broker"),
+    show_default=True,
+    envvar="ONECARD_BROKER_DIR",
+    help="the directory `broker init` wrote",
+)
+
+
+def _run_op(db_path: Path, op: Any) -> Any:
+    from central.adapters.sqlite_store import CentralStore
+
+    async def go() -> Any:
+        async with CentralStore.open(db_path) as store:
+            return await store.run(op)
+
+    return asyncio.run(go())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """onecard-central runs at HQ: it ingests every site's records over MQTT, keeps the money
-    ledger and master data (persons, cards, balances, blacklists), and serves the dashboard.
+    """onecard-central runs at HQ: it ingests every site's records over MQTT exactly once,
+    keeps the money ledger and master data (persons, cards, balances, blacklists), and feeds
+    every site the changes it needs.
 
-    Sites, broker provisioning and the dashboard arrive with later issues; today this lists
-    the version.
+    \b
+    Typical set-up:
+      onecard-central broker init --out /etc/onecard/broker --host hq.example.com
+      onecard-central site add SZ-FUTIAN --url mqtts://hq.example.com:8883
+      onecard-central seed people.json
+      onecard-central serve --broker-url mqtts://hq.example.com:8883
     """
 
 
@@ -21,3 +61,228 @@ def main() -> None:
 def version() -> None:
     """Print the installed onecard version."""
     click.echo(_dist_version("onecard"))
+
+
+@main.command()
+@DB_OPTION
+@click.option(
+    "--broker-url",
+    required=True,
+    envvar="ONECARD_BROKER_URL",
+    help="mqtts://HOST:PORT of the broker",
+)
+@click.option("--username", default="central", show_default=True)
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, path_type=Path),
+    envvar="ONECARD_BROKER_PASSWORD_FILE",
+    help="file holding central's broker password (broker-dir/central.password)",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, path_type=Path),
+    envvar="ONECARD_BROKER_CA",
+    help="the broker's CA certificate",
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    db_path: Path,
+    broker_url: str,
+    username: str,
+    password_file: Path | None,
+    ca_file: Path | None,
+    log_level: str,
+) -> None:
+    """Run central: ingest records, publish acks, feed and blacklist, until SIGTERM."""
+    from central.adapters.sqlite_store import CentralStore
+    from central.service import CentralService
+    from edge_agent.adapters.mqtt_client import BrokerSettings
+    from edge_agent.logs import configure_logging
+
+    configure_logging(log_level, "auto")
+    broker = BrokerSettings.from_url(
+        broker_url,
+        username=username,
+        password=password_file.read_text().strip() if password_file else "",
+        ca_file=ca_file,
+    )
+
+    async def go() -> None:
+        async with CentralStore.open(db_path) as store:
+            service = CentralService(store, broker)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, service.stop)
+            await service.run()
+
+    asyncio.run(go())
+
+
+@main.command()
+@DB_OPTION
+@click.argument("seed_file", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--batch",
+    help="import batch id (default: the file name); the same batch "
+    "never adds an opening balance twice",
+)
+def seed(db_path: Path, seed_file: Path, batch: str | None) -> None:
+    """Load people, cards, opening balances and per-site data (JSON) into central."""
+    import msgspec
+
+    from central.master import CentralSeed, apply_seed
+
+    try:
+        data = msgspec.json.decode(seed_file.read_bytes(), type=CentralSeed)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise click.ClickException(f"{seed_file}: {exc}") from None
+    counts = _run_op(db_path, lambda conn: apply_seed(conn, data, batch=batch or seed_file.name))
+    click.echo(f"{seed_file}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+@main.group()
+def broker() -> None:
+    """Provision the MQTT broker (mosquitto): TLS, passwords, ACL."""
+
+
+@broker.command("init")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="name or address branches use to reach the broker (repeatable)",
+)
+@click.option("--port", type=int, default=8883, show_default=True)
+def broker_init(out: Path, hosts: tuple[str, ...], port: int) -> None:
+    """Write a CA, server certificate, mosquitto.conf, ACL and central's credentials."""
+    from central.provision import ProvisionError, init_broker
+
+    try:
+        made = init_broker(out, hostnames=list(hosts), port=port)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"broker files in {made.root}; run: mosquitto -c {made.conf}")
+
+
+@main.group()
+def site() -> None:
+    """Add, remove, rotate and list sites."""
+
+
+@site.command("add")
+@click.argument("site_id")
+@DB_OPTION
+@BROKER_DIR_OPTION
+@click.option("--url", required=True, help="mqtts://HOST:PORT the branch dials")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="bundle dir")
+def site_add(site_id: str, db_path: Path, broker_dir: Path, url: str, out: Path | None) -> None:
+    """Create SITE_ID at central and its broker credentials; write the branch's bundle."""
+    from central.master import register_site
+    from central.provision import ProvisionError, add_site
+
+    try:
+        bundle = add_site(broker_dir, site_id, broker_url=url, out=out)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    _run_op(db_path, lambda conn: register_site(conn, site_id))
+    click.echo(f"site {site_id} created; bundle {bundle} (reload mosquitto: kill -HUP)")
+
+
+@site.command("remove")
+@click.argument("site_id")
+@DB_OPTION
+@BROKER_DIR_OPTION
+def site_remove(site_id: str, db_path: Path, broker_dir: Path) -> None:
+    """Revoke SITE_ID's credentials; central keeps its records and refuses new ones."""
+    from central.master import remove_site
+    from central.provision import ProvisionError
+    from central.provision import remove_site as revoke
+
+    try:
+        revoke(broker_dir, site_id)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    _run_op(db_path, lambda conn: remove_site(conn, site_id))
+    click.echo(f"site {site_id} removed (reload mosquitto: kill -HUP)")
+
+
+@site.command("rotate")
+@click.argument("site_id")
+@BROKER_DIR_OPTION
+@click.option("--url", required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path))
+def site_rotate(site_id: str, broker_dir: Path, url: str, out: Path | None) -> None:
+    """Give SITE_ID a new password and bundle (the old one stops working on reload)."""
+    from central.provision import ProvisionError, rotate_site
+
+    try:
+        bundle = rotate_site(broker_dir, site_id, broker_url=url, out=out)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"new bundle {bundle} (reload mosquitto: kill -HUP)")
+
+
+@site.command("list")
+@DB_OPTION
+def site_list(db_path: Path) -> None:
+    """Sites with online state, versions and outbox."""
+    rows = _run_op(
+        db_path,
+        lambda conn: conn.execute(
+            "SELECT id, removed, online, version, feed_version, blacklist_version, outbox_depth"
+            " FROM sites ORDER BY id"
+        ).fetchall(),
+    )
+    for sid, removed, online, ver, feed, black, depth in rows:
+        state = "removed" if removed else ("online" if online else "offline")
+        click.echo(
+            f"{sid:<16} {state:<8} v{ver or '-'} feed {feed} blacklist {black} "
+            f"outbox {depth if depth is not None else '-'}"
+        )
+
+
+@main.group()
+def card() -> None:
+    """Card operations (more arrive with the money-operations work)."""
+
+
+@card.command("lost")
+@click.argument("uid")
+@DB_OPTION
+def card_lost(uid: str, db_path: Path) -> None:
+    """Report card UID lost (挂失): blacklisted at every site from now."""
+    from central.master import MasterDataError, report_lost
+
+    at = datetime.now(UTC)
+    try:
+        delta = _run_op(db_path, lambda conn: report_lost(conn, uid.upper(), at=at))
+    except MasterDataError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"card {uid.upper()} reported lost at {at.isoformat()}; blacklist v{delta.version}")
+
+
+@main.command()
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def balances(db_path: Path, as_json: bool) -> None:
+    """Every account's purses and the ledger sums they must equal."""
+    rows = _run_op(
+        db_path,
+        lambda conn: conn.execute(
+            "SELECT a.person_id, a.cash_fen, a.subsidy_fen,"
+            " (SELECT coalesce(sum(cash_fen), 0) FROM ledger l WHERE l.person_id = a.person_id),"
+            " (SELECT coalesce(sum(subsidy_fen), 0) FROM ledger l WHERE l.person_id = a.person_id)"
+            " FROM accounts a ORDER BY a.person_id"
+        ).fetchall(),
+    )
+    if as_json:
+        click.echo(json.dumps([list(r) for r in rows]))
+        return
+    bad = 0
+    for pid, cash, subsidy, lcash, lsub in rows:
+        mark = "" if (cash, subsidy) == (lcash, lsub) else "  <- differs from the ledger!"
+        bad += bool(mark)
+        click.echo(f"{pid:<16} cash {cash:>10} subsidy {subsidy:>8}{mark}")
+    sys.exit(1 if bad else 0)

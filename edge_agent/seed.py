@@ -19,11 +19,13 @@ import csv
 import io
 import re
 import sqlite3
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from edge_agent.adapters.sqlite_master import ms, write
 from edge_agent.core.model import (
     AccessGrant,
     AccessLevel,
@@ -196,99 +198,29 @@ def _seed_from_csv(data: bytes, source: str) -> Seed:
     )
 
 
-def _ms(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return int(value.timestamp() * 1000)
-
-
 def apply_seed(conn: sqlite3.Connection, seed: Seed) -> dict[str, int]:
     """Upsert everything in ``seed`` (inside a store operation); returns row counts."""
-    enc = msgspec.json.encode
+    groups: list[tuple[str, list[Any]]] = [
+        ("person", seed.persons),
+        ("card", seed.cards),
+        ("account", seed.accounts),
+        ("ticket", seed.tickets),
+        ("time_zone", seed.time_zones),
+        ("holiday", seed.holidays),
+        ("door_group", seed.door_groups),
+        ("door", seed.doors),
+        ("access_level", seed.access_levels),
+        ("access_grant", seed.access_grants),
+        ("terminal", seed.terminals),
+    ]
     if seed.policy is not None:
-        conn.execute(
-            "INSERT INTO policy (id, data) VALUES (1, ?) "
-            "ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-            (enc(seed.policy),),
-        )
-    conn.executemany(
-        "INSERT OR REPLACE INTO persons (id, name, number, kind, department) VALUES (?,?,?,?,?)",
-        [(p.id, p.name, p.number, p.kind, p.department) for p in seed.persons],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO cards (uid, person_id, status, valid_from_ms, valid_to_ms,"
-        " card_type) VALUES (?,?,?,?,?,?)",
-        [
-            (c.uid, c.person_id, str(c.status), _ms(c.valid_from), _ms(c.valid_to), c.card_type)
-            for c in seed.cards
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO accounts (person_id, cash_fen, subsidy_fen, subsidy_expires_ms,"
-        " covers_seq, txn_limit_fen, daily_limit_fen) VALUES (?,?,?,?,?,?,?)",
-        [
-            (
-                a.person_id,
-                a.cash_fen,
-                a.subsidy_fen,
-                _ms(a.subsidy_expires_at),
-                a.covers_seq,
-                a.txn_limit_fen,
-                a.daily_limit_fen,
-            )
-            for a in seed.accounts
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO tickets (id, person_id, kind, service, remaining,"
-        " valid_from_ms, valid_to_ms) VALUES (?,?,?,?,?,?,?)",
-        [
-            (t.id, t.person_id, t.kind, t.service, t.remaining, _ms(t.valid_from), _ms(t.valid_to))
-            for t in seed.tickets
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO time_zones (id, data) VALUES (?, ?)",
-        [(z.id, enc(z)) for z in seed.time_zones],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO holidays (day, name) VALUES (?, ?)",
-        [(h.day.isoformat(), h.name) for h in seed.holidays],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO door_groups (id, name, anti_passback, fail_mode) VALUES (?,?,?,?)",
-        [(g.id, g.name, g.anti_passback, g.fail_mode) for g in seed.door_groups],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO doors (id, group_id, terminal_id, name, direction, open_ms)"
-        " VALUES (?,?,?,?,?,?)",
-        [(d.id, d.group_id, d.terminal_id, d.name, d.direction, d.open_ms) for d in seed.doors],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO access_levels (id, door_group_id, time_zone_id, valid_from_ms,"
-        " valid_to_ms) VALUES (?,?,?,?,?)",
-        [
-            (lv.id, lv.door_group_id, lv.time_zone_id, _ms(lv.valid_from), _ms(lv.valid_to))
-            for lv in seed.access_levels
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO access_grants (person_id, access_level_id, valid_from_ms,"
-        " valid_to_ms) VALUES (?,?,?,?)",
-        [
-            (g.person_id, g.access_level_id, _ms(g.valid_from), _ms(g.valid_to))
-            for g in seed.access_grants
-        ],
-    )
-    conn.executemany(
-        "INSERT OR REPLACE INTO terminals (id, kind, key_hex, name, config) VALUES (?,?,?,?,?)",
-        [(t.id, t.kind, t.key_hex.strip().lower(), t.name, enc(t.config)) for t in seed.terminals],
-    )
+        groups.append(("policy", [seed.policy]))
+    for entity, items in groups:
+        for item in items:
+            write(conn, entity, item)
     conn.executemany(
         "INSERT OR REPLACE INTO blacklist (uid, reason, effective_at_ms, version) VALUES (?,?,?,?)",
-        [(b.uid, b.reason, _ms(b.effective_at), seed.blacklist_version) for b in seed.blacklist],
+        [(b.uid, b.reason, ms(b.effective_at), seed.blacklist_version) for b in seed.blacklist],
     )
     if seed.blacklist_version:
         conn.execute(
@@ -305,7 +237,3 @@ def apply_seed(conn: sqlite3.Connection, seed: Seed) -> dict[str, int]:
         "terminals": len(seed.terminals),
         "blacklist": len(seed.blacklist),
     }
-
-
-def _unused(_: date) -> None:  # keeps the date import meaningful for type checkers
-    return None

@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from edge_agent.adapters.mqtt_client import BrokerSettings
+from edge_agent.adapters.mqtt_sync import EdgeSync
 from edge_agent.adapters.sqlite_store import EdgeStore
 from edge_agent.adapters.systemd_notify import notify, watchdog_interval_s
 from edge_agent.adapters.terminal_server import TerminalRegistry, TerminalSession
@@ -46,6 +48,7 @@ class EdgeService:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tcp_port: int | None = None
     site: Site | None = None
+    sync: EdgeSync | None = None
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
 
@@ -57,7 +60,11 @@ class EdgeService:
             await site.load()
             self.site = site
             server = None
+            sync = self._make_sync(store, site)
             async with asyncio.TaskGroup() as group:
+                if sync is not None:
+                    site.on_record = sync.poke
+                    group.create_task(sync.run(), name="sync")
                 address = config.listen_address()
                 if address is not None:
                     server = await asyncio.start_server(self._on_tcp, *address)
@@ -84,11 +91,36 @@ class EdgeService:
                 if server is not None:
                     server.close()
                 await self._drain()
+                if sync is not None:
+                    sync.stop()
         log.info("edge.stopped")
 
     def stop(self) -> None:
         """Ask the daemon to stop (idempotent, callable from a signal handler)."""
         self.stopping.set()
+
+    def _make_sync(self, store: EdgeStore, site: Site) -> EdgeSync | None:
+        mqtt = self.config.mqtt
+        if not mqtt.url:
+            log.info("edge.standalone", reason="no [mqtt] url configured")
+            return None
+        password = mqtt.password_file.read_text().strip() if mqtt.password_file else ""
+        broker = BrokerSettings.from_url(
+            mqtt.url,
+            username=mqtt.username or self.config.site,
+            password=password,
+            ca_file=mqtt.ca_file,
+            keepalive_s=mqtt.keepalive_s,
+        )
+        self.sync = EdgeSync(
+            store,
+            site,
+            broker,
+            self.registry,
+            version=self.version,
+            offline_after_s=mqtt.offline_after_s,
+        )
+        return self.sync
 
     def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

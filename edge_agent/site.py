@@ -96,6 +96,8 @@ class Site:
     offline_since: datetime | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     taps: int = 0
+    #: Called after each committed request (the sync uplink wakes on it).
+    on_record: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.policy = SitePolicy(site=self.store.site)
@@ -167,6 +169,8 @@ class Site:
             log.exception("request.failed", terminal=terminal.id, error=repr(exc))
             return _failure(body)
         self.taps += 1
+        if self.on_record is not None:
+            self.on_record()
         self._log(terminal, body, reply, (time.perf_counter() - started) * 1000)
         return reply
 

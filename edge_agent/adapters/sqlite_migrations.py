@@ -225,14 +225,15 @@ def applied_versions(conn: sqlite3.Connection) -> set[int]:
     return {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
 
 
-def migrate(conn: sqlite3.Connection) -> list[int]:
-    """Apply every pending migration, each in its own transaction; return those applied.
+def migrate(conn: sqlite3.Connection, migrations: list[tuple[str, str]] | None = None) -> list[int]:
+    """Apply every pending migration (the edge's by default), each in its own transaction
+    with the row recording it; return those applied.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``).
     """
     done = applied_versions(conn)
     applied = []
-    for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+    for version, (name, sql) in enumerate(migrations or MIGRATIONS, start=1):
         if version in done:
             continue
         conn.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,417 @@
+"""``onecard-central serve``: the MQTT consumer, the feed and blacklist publisher.
+
+Tasks, all owned by one TaskGroup per broker connection:
+
+- **consume**: every ``site/+/up/#`` message. Record batches are ingested exactly once, one
+  transaction per batch (several batches share a commit), and the lane's ack watermark is
+  published *after* the commit. Births and deaths update the site table; a birth replays
+  the site's feed from the version it reports (a snapshot for a new site) and the blacklist
+  deltas it missed. Anything malformed is dead-lettered with its reason; ingest goes on.
+- **publish**: every ``PUBLISH_INTERVAL_S``, changed balances become feed changes, new
+  changes go to each online site, new blacklist deltas are broadcast (retained head).
+  Anything that writes master data (CLI, API, another worker) only writes the database;
+  this loop publishes it.
+- **gaps**: a lane whose watermark is stuck below a received seq for ``GAP_WAIT_S`` gets a
+  ``resend_from`` command.
+
+``central/state`` is retained ``online: true`` while connected, and the Will says
+``online: false`` if central dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+import aiomqtt
+import msgspec
+import structlog
+
+from central import master
+from central.adapters.sqlite_store import CentralStore
+from central.ingest import UnknownSiteError, dead_letter, ingest_batch
+from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
+from protocol.errors import MessageError, TopicError
+from protocol.messages import (
+    MAX_CHANGES,
+    Ack,
+    BlacklistDelta,
+    CentralState,
+    Feed,
+    RawRecordBatch,
+    ResendFrom,
+    SiteBirth,
+    decode,
+    decode_site_state,
+    encode,
+)
+from protocol.topics import Channel, global_topic, parse_topic, site_filter, site_topic
+
+log = structlog.get_logger("central")
+
+PUBLISH_INTERVAL_S = 0.1
+GAP_WAIT_S = 2.0
+RESEND_EVERY_S = 5.0
+#: Concurrent batch ingests (they share group commits); more wait their turn.
+INGEST_CONCURRENCY = 32
+
+
+@dataclass
+class CentralService:
+    """One central worker connected to the broker."""
+
+    store: CentralStore
+    broker: BrokerSettings
+    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The last feed version sent to each online site.
+    sent_feed: dict[str, int] = field(default_factory=dict)
+    online: set[str] = field(default_factory=set)
+    stats: dict[str, int] = field(default_factory=dict)
+    _client: aiomqtt.Client | None = None
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGEST_CONCURRENCY))
+    _last_head: int = 0
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a counter (exported on the dashboard later)."""
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    async def run(self) -> None:
+        """Stay connected to the broker until :meth:`stop`, reconnecting with backoff."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self._connected_session()
+                delay = 0.5
+            except aiomqtt.MqttError as exc:
+                log.warning("central.broker_lost", error=str(exc))
+            if self.stopping.is_set():
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
+            delay = min(delay * 2, 15)
+
+    def stop(self) -> None:
+        """Ask the service to stop."""
+        self.stopping.set()
+
+    async def _connected_session(self) -> None:
+        will = aiomqtt.Will(
+            global_topic(Channel.CENTRAL_STATE),
+            encode(CentralState(online=False)),
+            qos=1,
+            retain=True,
+        )
+        client = make_client(self.broker, identifier=f"central-{self.worker}", will=will)
+        async with client:
+            self._client = client
+            self.online.clear()
+            self.sent_feed.clear()
+            for channel in (
+                Channel.UP_RECORDS,
+                Channel.UP_STATE,
+                Channel.UP_HEALTH,
+                Channel.UP_REPLY,
+                Channel.UP_LOGS,
+            ):
+                await client.subscribe(site_filter(channel), qos=1)
+            await client.publish(
+                global_topic(Channel.CENTRAL_STATE),
+                encode(CentralState(online=True, at=datetime.now(UTC))),
+                qos=1,
+                retain=True,
+            )
+            self._last_head = await self.store.run(master.head_version)
+            log.info("central.connected", worker=self.worker, broker=self.broker.host)
+            self.ready.set()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._consume(client, group))
+                    group.create_task(self._publisher())
+                    group.create_task(self._gap_watch())
+                    group.create_task(self._until_stopped())
+            except* _Stopped:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(
+                        global_topic(Channel.CENTRAL_STATE),
+                        encode(CentralState(online=False, at=datetime.now(UTC))),
+                        qos=1,
+                        retain=True,
+                    )
+            finally:
+                self._client = None
+                self.ready.clear()
+
+    async def _until_stopped(self) -> None:
+        await self.stopping.wait()
+        raise _Stopped
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def _consume(self, client: aiomqtt.Client, group: asyncio.TaskGroup) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            topic_name = message.topic.value
+            try:
+                topic = parse_topic(topic_name)
+            except TopicError as exc:
+                await self._dead_letter(topic_name, None, str(exc), payload)
+                continue
+            site = topic.site
+            if site is None:
+                continue
+            if topic.channel is Channel.UP_RECORDS:
+                await self._slots.acquire()
+                group.create_task(self._records(site, topic_name, payload))
+            elif topic.channel is Channel.UP_STATE:
+                await self._state(site, topic_name, payload)
+            else:
+                await self.store.run(partial(_seen, site=site))
+
+    async def _records(self, site: str, topic: str, payload: bytes) -> None:
+        try:
+            try:
+                batch = decode(payload, RawRecordBatch)
+            except MessageError as exc:
+                await self._dead_letter(topic, site, str(exc), payload)
+                return
+            if batch.site != site:
+                await self._dead_letter(
+                    topic,
+                    site,
+                    f"payload site {batch.site} is not the topic's site {site}",
+                    payload,
+                )
+                return
+            try:
+                result = await self.store.run(
+                    lambda conn: ingest_batch(conn, site, batch, topic=topic, now_ms=_now_ms())
+                )
+            except UnknownSiteError as exc:
+                await self._dead_letter(topic, site, str(exc), payload)
+                return
+            self.count("records_new", result.new)
+            self.count("records_duplicate", result.duplicates)
+            self.count("records_dead", result.dead)
+            await self._publish(
+                site_topic(site, Channel.DOWN_ACK),
+                encode(Ack(epoch=result.epoch, lane=result.lane, acked_seq=result.acked_seq)),  # type: ignore[arg-type]
+            )
+        finally:
+            self._slots.release()
+
+    async def _state(self, site: str, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a retained state being cleared
+        try:
+            state = decode_site_state(payload)
+        except MessageError as exc:
+            await self._dead_letter(topic, site, str(exc), payload)
+            return
+        if isinstance(state, SiteBirth):
+            known = await self.store.run(lambda conn: _record_birth(conn, site, state, payload))
+            if not known:
+                await self._dead_letter(topic, site, f"site {site} is not registered", payload)
+                return
+            self.online.add(site)
+            log.info(
+                "site.online",
+                site=site,
+                feed=state.feed_version,
+                blacklist=state.blacklist_version,
+                outbox=state.outbox_depth,
+            )
+            await self._catch_up(site, state.feed_version, state.blacklist_version)
+        else:
+            self.online.discard(site)
+            self.sent_feed.pop(site, None)
+            await self.store.run(
+                lambda conn: conn.execute("UPDATE sites SET online = 0 WHERE id = ?", (site,))
+            )
+            log.info("site.offline", site=site)
+
+    async def _dead_letter(self, topic: str, site: str | None, reason: str, payload: bytes) -> None:
+        self.count("dead_letters")
+        log.warning("central.dead_letter", topic=topic, site=site, reason=reason[:200])
+        await self.store.run(
+            lambda conn: dead_letter(
+                conn, topic=topic, site=site, reason=reason, payload=payload, at_ms=_now_ms()
+            )
+        )
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        if self._client is None:
+            return
+        await self._client.publish(topic, payload, qos=1, retain=retain)
+
+    async def _catch_up(self, site: str, feed_version: int, blacklist_version: int) -> None:
+        """Bring a site that just (re)appeared up to date: feed and blacklist."""
+        head = await self.store.run(master.head_version)
+        if feed_version == 0 or feed_version > head:
+            await self._send_snapshot(site, head)
+        else:
+            self.sent_feed[site] = feed_version
+            await self._send_changes(site)
+        deltas = await self.store.run(
+            lambda conn: master.blacklist_since(conn, blacklist_version, limit=1000)
+        )
+        for i in range(0, len(deltas), 200):
+            version = self.sent_feed.get(site, 0)
+            await self._publish(
+                site_topic(site, Channel.DOWN_FEED),
+                encode(
+                    Feed(
+                        site=site,
+                        feed_version=version,
+                        prev_version=version,
+                        changes=[],
+                        blacklist=deltas[i : i + 200],
+                    )
+                ),
+            )
+
+    async def _send_snapshot(self, site: str, head: int) -> None:
+        changes = await self.store.run(lambda conn: master.snapshot(conn, site))
+        chunk = MAX_CHANGES // 2
+        parts = max(1, -(-len(changes) // chunk))
+        for part in range(parts):
+            await self._publish(
+                site_topic(site, Channel.DOWN_FEED),
+                encode(
+                    Feed(
+                        site=site,
+                        feed_version=head,
+                        prev_version=0,
+                        snapshot=True,
+                        part=part + 1,
+                        parts=parts,
+                        changes=changes[part * chunk : (part + 1) * chunk],
+                    )
+                ),
+            )
+        self.sent_feed[site] = head
+        self.count("snapshots")
+        log.info("feed.snapshot", site=site, version=head, changes=len(changes), parts=parts)
+
+    async def _send_changes(self, site: str) -> None:
+        while True:
+            after = self.sent_feed.get(site)
+            if after is None:
+                return
+            changes = await self.store.run(
+                partial(master.changes_since, site=site, after=after, limit=1000)
+            )
+            if not changes:
+                return
+            await self._publish(
+                site_topic(site, Channel.DOWN_FEED),
+                encode(
+                    Feed(
+                        site=site,
+                        feed_version=changes[-1][0],
+                        prev_version=after,
+                        changes=[c for _, c in changes],
+                    )
+                ),
+            )
+            self.sent_feed[site] = changes[-1][0]
+
+    async def _publisher(self) -> None:
+        while True:
+            await self.store.run(master.flush_balances)
+            head = await self.store.run(master.head_version)
+            if head != self._last_head:
+                self._last_head = head
+                for site in list(self.online):
+                    await self._send_changes(site)
+            deltas: list[BlacklistDelta] = await self.store.run(_unpublished_blacklist)
+            for delta in deltas:
+                await self._publish(global_topic(Channel.BLACKLIST), encode(delta), retain=True)
+                await self.store.run(partial(_mark_published, version=delta.version))
+                self.count("blacklist_published")
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _gap_watch(self) -> None:
+        while True:
+            await asyncio.sleep(GAP_WAIT_S / 2)
+            stuck = await self.store.run(_stuck_lanes)
+            for site, epoch, lane, acked in stuck:
+                command = ResendFrom(
+                    id=f"resend-{uuid.uuid4().hex[:12]}",
+                    issued_at=datetime.now(UTC),
+                    epoch=epoch,
+                    lane=0 if lane == 0 else 1,
+                    from_seq=acked + 1,
+                )
+                await self._publish(site_topic(site, Channel.DOWN_CMD), encode(command))
+                self.count("resend_from")
+                log.warning("ingest.gap", site=site, epoch=epoch, lane=lane, acked=acked)
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow: ends the session's TaskGroup
+    pass
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _record_birth(conn: sqlite3.Connection, site: str, state: SiteBirth, payload: bytes) -> bool:
+    cursor = conn.execute(
+        "UPDATE sites SET online = 1, last_seen_ms = ?, state = ?, version = ?, epoch = ?,"
+        " feed_version = ?, blacklist_version = ?, outbox_depth = ?, outbox_oldest_age_s = ?"
+        " WHERE id = ? AND removed = 0",
+        (
+            _now_ms(),
+            payload,
+            state.version,
+            state.epoch,
+            state.feed_version,
+            state.blacklist_version,
+            state.outbox_depth,
+            state.outbox_oldest_age_s,
+            site,
+        ),
+    )
+    return cursor.rowcount > 0
+
+
+def _seen(conn: sqlite3.Connection, site: str) -> None:
+    conn.execute("UPDATE sites SET last_seen_ms = ? WHERE id = ?", (_now_ms(), site))
+
+
+def _mark_published(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute("UPDATE blacklist_log SET published = 1 WHERE version = ?", (version,))
+
+
+def _unpublished_blacklist(conn: sqlite3.Connection) -> list[BlacklistDelta]:
+    rows = conn.execute(
+        "SELECT delta FROM blacklist_log WHERE published = 0 ORDER BY version"
+    ).fetchall()
+    return [msgspec.json.decode(row[0], type=BlacklistDelta) for row in rows]
+
+
+def _stuck_lanes(conn: sqlite3.Connection) -> list[tuple[str, int, int, int]]:
+    now = _now_ms()
+    rows = conn.execute(
+        "SELECT site, epoch, lane, acked_seq FROM lanes"
+        " WHERE gap_since_ms IS NOT NULL AND gap_since_ms < ?"
+        " AND (resend_ms IS NULL OR resend_ms < ?)",
+        (now - int(GAP_WAIT_S * 1000), now - int(RESEND_EVERY_S * 1000)),
+    ).fetchall()
+    for site, epoch, lane, _ in rows:
+        conn.execute(
+            "UPDATE lanes SET resend_ms = ? WHERE site = ? AND epoch = ? AND lane = ?",
+            (now, site, epoch, lane),
+        )
+    return [(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]

@@ -1,0 +1,432 @@
+"""The edge's link to central over MQTT: records up, acks/feed/blacklist/commands down.
+
+- **Uplink**, per lane: unacked outbox records in contiguous batches (≤ ``BATCH_RECORDS``
+  records and ``BATCH_BYTES``), up to ``WINDOW`` batches in flight. A record is marked synced
+  only when central's ``down/ack`` watermark covers it — never on PUBACK. Batches not acked
+  within ``ACK_TIMEOUT_S`` are sent again from the watermark; so is everything after a
+  reconnect or a ``resend_from``. Lane 0 (money, card intents) is served first.
+- **Downlink**: feed changes and blacklist deltas are applied in one transaction each, in
+  version order. A gap (a change or delta whose ``prev_version`` is not ours) makes the
+  edge re-announce itself (birth) with its versions, and central replays from there.
+- **State**: a retained birth on ``up/state`` when connected, the Will (death) otherwise.
+  The site counts as offline — for the offline policy — while the broker is unreachable,
+  central says it is offline, or unacked records wait longer than ``offline_after_s``.
+
+The terminals never wait for any of this: decisions come from the local store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import aiomqtt
+import msgspec
+import structlog
+
+from edge_agent.adapters import sqlite_outbox as outbox
+from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
+from edge_agent.adapters.sqlite_master import clear_master, delete_from_feed, upsert_from_feed
+from edge_agent.adapters.sqlite_store import EdgeStore, get_meta, set_meta
+from edge_agent.adapters.terminal_server import TerminalRegistry
+from edge_agent.site import Site
+from protocol.errors import MessageError, TopicError
+from protocol.messages import (
+    LANES,
+    Ack,
+    BlacklistDelta,
+    CentralState,
+    Feed,
+    FeedChange,
+    Lane,
+    RawRecordBatch,
+    Reply,
+    ResendFrom,
+    Resync,
+    SiteBirth,
+    SiteDeath,
+    TerminalStatus,
+    decode,
+    decode_command,
+    encode,
+)
+from protocol.topics import Channel, global_topic, parse_topic, site_topic
+
+log = structlog.get_logger("edge.sync")
+
+BATCH_RECORDS = 500
+BATCH_BYTES = 256 * 1024
+WINDOW = 4
+ACK_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _LaneState:
+    sent_upto: int = 0
+    acked: int = 0
+    inflight: list[tuple[int, float]] = field(default_factory=list)  # (last_seq, sent_at)
+
+
+@dataclass
+class EdgeSync:
+    """Keeps one site in sync with central (see the module docstring)."""
+
+    store: EdgeStore
+    site: Site
+    broker: BrokerSettings
+    registry: TerminalRegistry
+    version: str = "0"
+    offline_after_s: float = 60.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    connected: bool = False
+    central_online: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+    _client: aiomqtt.Client | None = None
+    _lanes: dict[int, _LaneState] = field(default_factory=dict)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+    _snapshot_parts: dict[int, dict[int, list[FeedChange]]] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Bump a counter."""
+        self.stats[name] = self.stats.get(name, 0) + n
+
+    async def run(self) -> None:
+        """Stay connected until stopped: reconnect with jittered, capped backoff."""
+        delay = 0.5
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch_offline())
+            while not self.stopping.is_set():
+                try:
+                    await self._session()
+                    delay = 0.5
+                except aiomqtt.MqttError as exc:
+                    log.warning("sync.broker_unreachable", error=str(exc))
+                finally:
+                    self.connected = False
+                    self._client = None
+                    self._update_offline()
+                if self.stopping.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay * random.uniform(0.5, 1.5)):
+                        await self.stopping.wait()
+                delay = min(delay * 2, 30)
+
+    def stop(self) -> None:
+        """Ask the sync to stop (the daemon is stopping)."""
+        self.stopping.set()
+        self._progress.set()
+
+    def poke(self) -> None:
+        """New records are in the outbox."""
+        self._progress.set()
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        site = self.site.site
+        will = aiomqtt.Will(site_topic(site, Channel.UP_STATE), encode(SiteDeath()), 1, True)
+        async with make_client(self.broker, identifier=f"edge-{site}", will=will) as client:
+            self._client = client
+            self.connected = True
+            for channel in (Channel.DOWN_ACK, Channel.DOWN_FEED, Channel.DOWN_CMD):
+                await client.subscribe(site_topic(site, channel), qos=1)
+            await client.subscribe(global_topic(Channel.BLACKLIST), qos=1)
+            await client.subscribe(global_topic(Channel.CENTRAL_STATE), qos=1)
+            for lane in LANES:
+                acked = await self.store.run(partial(outbox.acked_watermark, lane=lane))
+                self._lanes[lane] = _LaneState(sent_upto=acked, acked=acked)
+            await self.announce()
+            log.info("sync.connected", broker=self.broker.host, site=site)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._receive(client))
+                    group.create_task(self._uplink(client))
+                    group.create_task(self._until_stopped())
+            except* _Stopped:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(
+                        site_topic(site, Channel.UP_STATE), encode(SiteDeath()), 1, retain=True
+                    )
+
+    async def _until_stopped(self) -> None:
+        await self.stopping.wait()
+        raise _Stopped
+
+    async def announce(self) -> None:
+        """Publish the retained birth: versions, watermarks, outbox and terminals."""
+        if self._client is None:
+            return
+        status = await self.site.status(self.registry, version=self.version)
+        birth = SiteBirth(
+            at=datetime.now(UTC),
+            version=self.version,
+            epoch=self.store.epoch,
+            acked=status["acked"],
+            outbox_depth=status["outbox_depth"],
+            outbox_oldest_age_s=status["outbox_oldest_age_s"],
+            feed_version=status["feed_version"],
+            blacklist_version=status["blacklist_version"],
+            terminals=[
+                TerminalStatus(id=t["id"], kind=t["kind"], online=t["online"])
+                for t in status["terminals"]
+            ],
+        )
+        await self._client.publish(
+            site_topic(self.site.site, Channel.UP_STATE), encode(birth), qos=1, retain=True
+        )
+
+    # -- uplink ----------------------------------------------------------------------------
+
+    async def _uplink(self, client: aiomqtt.Client) -> None:
+        while True:
+            sent = False
+            for lane in LANES:
+                sent |= await self._send_next(client, lane)
+            if not sent:
+                self._progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._progress.wait()
+
+    async def _send_next(self, client: aiomqtt.Client, lane: Lane) -> bool:
+        state = self._lanes[lane]
+        state.inflight = [(last, at) for last, at in state.inflight if last > state.acked]
+        now = time.monotonic()
+        if state.inflight and now - state.inflight[0][1] > ACK_TIMEOUT_S:
+            log.info("sync.ack_timeout", lane=lane, acked=state.acked, sent=state.sent_upto)
+            self.count("ack_timeouts")
+            state.sent_upto, state.inflight = state.acked, []
+        if len(state.inflight) >= WINDOW:
+            return False
+        rows = await self.store.run(
+            lambda c: outbox.unacked(c, lane, after_seq=state.sent_upto, limit=BATCH_RECORDS)
+        )
+        if not rows:
+            return False
+        size, take = 0, list[outbox.OutboxRow]()
+        for row in rows:
+            if take and (row.seq != take[-1].seq + 1 or size + len(row.payload) > BATCH_BYTES):
+                break
+            take.append(row)
+            size += len(row.payload)
+        batch = RawRecordBatch(
+            site=self.site.site,
+            epoch=take[0].epoch,
+            lane=lane,
+            first_seq=take[0].seq,
+            last_seq=take[-1].seq,
+            records=[msgspec.Raw(row.payload) for row in take],
+        )
+        await client.publish(site_topic(self.site.site, Channel.UP_RECORDS), encode(batch), qos=1)
+        state.sent_upto = take[-1].seq
+        state.inflight.append((take[-1].seq, now))
+        self.count("batches_sent")
+        self.count("records_sent", len(take))
+        return True
+
+    # -- downlink ---------------------------------------------------------------------------
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                topic = parse_topic(message.topic.value)
+                await self._dispatch(topic.channel, payload)
+            except (MessageError, TopicError) as exc:
+                self.count("bad_downlink")
+                log.warning("sync.bad_message", topic=message.topic.value, error=str(exc))
+                await self.site.dead_letter(f"mqtt:{message.topic.value}", str(exc), payload)
+
+    async def _dispatch(self, channel: Channel, payload: bytes) -> None:
+        if channel is Channel.DOWN_ACK:
+            await self._on_ack(decode(payload, Ack))
+        elif channel is Channel.DOWN_FEED:
+            await self._on_feed(decode(payload, Feed))
+        elif channel is Channel.BLACKLIST:
+            if payload:
+                await self._on_blacklist([decode(payload, BlacklistDelta)])
+        elif channel is Channel.CENTRAL_STATE:
+            if payload:
+                self.central_online = decode(payload, CentralState).online
+                self._update_offline()
+        elif channel is Channel.DOWN_CMD:
+            await self._on_command(payload)
+
+    async def _on_ack(self, ack: Ack) -> None:
+        if ack.epoch != self.store.epoch:
+            return  # an ack for a previous database of this site
+        state = self._lanes.get(ack.lane)
+        if state is None or ack.acked_seq <= state.acked:
+            return
+        await self.store.run(lambda c: outbox.mark_acked(c, ack.epoch, ack.lane, ack.acked_seq))
+        state.acked = ack.acked_seq
+        state.sent_upto = max(state.sent_upto, state.acked)
+        self._last_ack = time.monotonic()
+        self._update_offline()
+        self._progress.set()
+
+    async def _on_feed(self, feed: Feed) -> None:
+        self._last_feed = time.monotonic()
+        reload = False
+        if feed.snapshot:
+            parts = self._snapshot_parts.setdefault(feed.feed_version, {})
+            parts[feed.part] = list(feed.changes)
+            if len(parts) == feed.parts:
+                changes = [c for i in sorted(parts) for c in parts[i]]
+                del self._snapshot_parts[feed.feed_version]
+                await self.store.run(lambda c: self._apply_snapshot(c, feed.feed_version, changes))
+                log.info("feed.snapshot_applied", version=feed.feed_version, changes=len(changes))
+                reload = True
+        elif feed.changes:
+            applied = await self.store.run(lambda c: self._apply_changes(c, feed))
+            if applied is None:
+                await self.announce()  # a gap: tell central where we are
+            else:
+                reload = applied
+        if feed.blacklist:
+            await self._on_blacklist(feed.blacklist)
+        if reload:
+            await self.site.load()
+
+    def _apply_snapshot(
+        self, conn: sqlite3.Connection, version: int, changes: list[FeedChange]
+    ) -> None:
+        clear_master(conn)
+        for change in changes:
+            if change.data is not None:
+                upsert_from_feed(
+                    conn, change.entity, change.data, site=self.site.site, epoch=self.store.epoch
+                )
+        set_meta(conn, "feed_version", version)
+
+    def _apply_changes(self, conn: sqlite3.Connection, feed: Feed) -> bool | None:
+        current = int(get_meta(conn, "feed_version") or 0)
+        if feed.feed_version <= current:
+            return False  # already have it (a replay)
+        if feed.prev_version > current:
+            return None  # a gap
+        reload = False
+        for change in feed.changes:
+            if change.op == "upsert" and change.data is not None:
+                upsert_from_feed(
+                    conn, change.entity, change.data, site=self.site.site, epoch=self.store.epoch
+                )
+            else:
+                delete_from_feed(conn, change.entity, change.key)
+            reload |= change.entity in ("terminal", "policy")
+        set_meta(conn, "feed_version", feed.feed_version)
+        return reload
+
+    async def _on_blacklist(self, deltas: list[BlacklistDelta]) -> None:
+        gap = await self.store.run(lambda c: _apply_blacklist(c, deltas))
+        if gap:
+            self.count("blacklist_gaps")
+            await self.announce()
+
+    async def _on_command(self, payload: bytes) -> None:
+        try:
+            command = decode_command(payload)
+        except MessageError as exc:
+            await self.site.dead_letter("mqtt:down/cmd", str(exc), payload)
+            return
+        status, detail = "done", ""
+        if isinstance(command, ResendFrom):
+            state = self._lanes.get(command.lane)
+            if command.epoch == self.store.epoch and state is not None:
+                state.sent_upto = min(state.sent_upto, command.from_seq - 1)
+                state.inflight = []
+                self._progress.set()
+                self.count("resends")
+            else:
+                status, detail = "rejected", "not this database's epoch"
+        elif isinstance(command, Resync):
+            await self.store.run(lambda c: _forget_versions(c, command.what))
+            await self.announce()
+        else:
+            status, detail = "rejected", f"{type(command).__name__} is not supported yet"
+        await self._reply(command.id, status, detail)
+
+    async def _reply(self, cmd_id: str, status: str, detail: str, **data: Any) -> None:
+        if self._client is None:
+            return
+        reply = Reply(
+            site=self.site.site,
+            cmd_id=cmd_id,
+            at=datetime.now(UTC),
+            status=status,  # type: ignore[arg-type]
+            detail=detail,
+            data=data,
+        )
+        await self._client.publish(site_topic(self.site.site, Channel.UP_REPLY), encode(reply), 1)
+
+    # -- offline policy -----------------------------------------------------------------------
+
+    def _update_offline(self) -> None:
+        online = self.connected and self.central_online and not self._acks_overdue()
+        if online:
+            if self.site.offline_since is not None:
+                log.info("sync.online_again", since=self.site.offline_since.isoformat())
+            self.site.offline_since = None
+        elif self.site.offline_since is None:
+            self.site.offline_since = datetime.now(UTC)
+            log.warning("sync.offline", connected=self.connected, central=self.central_online)
+
+    def _acks_overdue(self) -> bool:
+        for state in self._lanes.values():
+            if state.inflight and time.monotonic() - state.inflight[0][1] > self.offline_after_s:
+                return True
+        return False
+
+    async def _watch_offline(self) -> None:
+        while not self.stopping.is_set():
+            self._update_offline()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.stopping.wait()
+
+
+class _Stopped(Exception):  # noqa: N818 - control flow: ends the session's TaskGroup
+    pass
+
+
+def _apply_blacklist(conn: sqlite3.Connection, deltas: list[BlacklistDelta]) -> bool:
+    """Apply deltas in order; True if one did not follow on from our version (a gap)."""
+    gap = False
+    for delta in sorted(deltas, key=lambda d: d.version):
+        current = int(get_meta(conn, "blacklist_version") or 0)
+        if delta.version <= current:
+            continue
+        if delta.prev_version != current:
+            gap = True
+            break
+        for change in delta.changes:
+            if change.op == "add":
+                conn.execute(
+                    "INSERT OR REPLACE INTO blacklist (uid, reason, effective_at_ms, version)"
+                    " VALUES (?, ?, ?, ?)",
+                    (
+                        change.card_uid,
+                        change.reason,
+                        int(change.effective_at.timestamp() * 1000),
+                        delta.version,
+                    ),
+                )
+            else:
+                conn.execute("DELETE FROM blacklist WHERE uid = ?", (change.card_uid,))
+        set_meta(conn, "blacklist_version", delta.version)
+    return gap
+
+
+def _forget_versions(conn: sqlite3.Connection, what: str) -> None:
+    if what in ("feed", "all"):
+        set_meta(conn, "feed_version", 0)
+    if what in ("blacklist", "all"):
+        set_meta(conn, "blacklist_version", 0)
