@@ -15,9 +15,12 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-## demo: a site's simulated terminals at work (see README "5-minute tour")
+## demo: a branch's day on a real edge, then the whole chain (broker, HQ, two branches)
+##       for DURATION seconds (default 15), ending with a check of the books
+DURATION ?= 15
 demo: setup
 	$(BIN)/onecard-sim demo
+	$(BIN)/onecard-sim chain --duration $(DURATION)
 
 ## bench: every benchmark in bench/; each ends with one `BENCH {json}` line
 bench: setup

@@ -340,3 +340,20 @@ def demo_site(directory: Path, port: int) -> None:
         path.chmod(0o600)
     click.echo(f"wrote {directory}/edge.toml, site.json and {len(keys)} terminal keys")
     click.echo(f"next: onecard-edge seed {directory}/site.json --config {directory}/edge.toml")
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=float,
+    default=15.0,
+    show_default=True,
+    envvar="DURATION",
+    help="seconds of traffic across the chain (env DURATION)",
+)
+def chain(duration: float) -> None:
+    """Run the whole chain: broker, HQ, two branches with terminals; check the books."""
+    from firmware_sim.chain_demo import run_chain_demo
+
+    ok = asyncio.run(run_chain_demo(duration_s=duration))
+    sys.exit(0 if ok else 1)
