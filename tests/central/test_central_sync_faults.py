@@ -12,7 +12,7 @@ import pytest
 from sync_system import ALICE, BOB, System, edge_db, until
 
 from central import master
-from firmware_sim.terminals import DoorReader
+from firmware_sim.terminals import DoorReader, PosTerminal
 from protocol.messages import Feed, FeedChange, encode
 
 pytestmark = pytest.mark.integration
@@ -129,3 +129,27 @@ async def test_a_recreated_site_database_gets_a_snapshot_and_a_new_epoch(system:
         cards = conn.execute("SELECT count(*) FROM cards").fetchone()[0]
         lost = conn.execute("SELECT count(*) FROM blacklist").fetchone()[0]
     assert cards == 2 and lost == 0
+
+
+async def test_with_hq_down_the_site_goes_offline_and_applies_its_caps(system: System):
+    edge = system.edges[A]
+    system.central.stop()  # central says goodbye: central/state online=false
+
+    async def offline() -> bool:
+        return edge.site is not None and edge.site.offline_since is not None
+
+    await until(offline)
+    till = system.terminal(PosTerminal, A, "POS-01")
+    async with till as pos:  # type: ignore[attr-defined]
+        big = await pos.sale(BOB, amount=4900)  # under the ¥50 per-sale offline cap: ok
+        over = await pos.sale(BOB, amount=5001)
+        door = system.terminal(DoorReader, A, "DOOR-01")
+        async with door as reader:  # type: ignore[attr-defined]
+            still_opens = await reader.tap(BOB)
+    assert big.ok and (over.ok, over.code) == (False, "offline_limit")
+    assert still_opens.ok  # doors are not money: they go on
+    with edge_db(edge) as conn:
+        flags = conn.execute(
+            "SELECT json_extract(payload, '$.offline') FROM outbox ORDER BY rowid"
+        ).fetchall()
+    assert flags and all(flag == 1 for (flag,) in flags)
