@@ -44,6 +44,8 @@ def main() -> None:
       onecard-edge seed members.csv        # load cardholders before HQ is connected
       onecard-edge run                     # the daemon (systemd runs this)
       onecard-edge status                  # terminals, outbox, versions
+      onecard-edge install --bundle SITE-bundle.tar   # set up the systemd service
+      onecard-edge logs -f --level warning # the daemon's log
     """
 
 
@@ -61,7 +63,7 @@ def run(config_path: Path) -> None:
     from edge_agent.service import serve
 
     config = _load(config_path)
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, site=config.site, file=config.log.file)
     asyncio.run(serve(config, version=_dist_version("onecard")))
 
 
@@ -165,3 +167,176 @@ def status(config_path: Path, as_json: bool) -> None:
     if not snapshot["terminals"]:
         click.echo("  (none registered — load a seed with terminals)")
     sys.exit(0)
+
+
+ROOT_OPTION = click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="work below DIR instead of / (tests, image building): no users, systemctl or udevadm",
+)
+
+
+def _tree(root: Path | None) -> Any:
+    import os
+
+    from edge_agent.install import HostSystem, RootSystem, Tree
+
+    if root is None:
+        if os.geteuid() != 0:
+            raise click.ClickException(
+                "run as root (sudo onecard-edge …), or build a tree elsewhere with --root DIR"
+            )
+        return Tree(Path("/"), HostSystem(click.echo))
+    root = root.absolute()
+    if root == Path("/"):
+        raise click.ClickException("--root /: leave out --root to work on this machine")
+    root.mkdir(parents=True, exist_ok=True)
+    return Tree(root, RootSystem(root, click.echo))
+
+
+@main.command()
+@click.option(
+    "--bundle",
+    "bundle_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="SITE-bundle.tar from HQ (onecard-central site add)",
+)
+@ROOT_OPTION
+@click.option("--no-start", is_flag=True, help="enable the service but do not (re)start it")
+@click.option("--enable", is_flag=True, help="with --root: enable the unit inside the tree")
+@click.option("--python", default="python3", show_default=True, help="Python for the venv")
+@click.option(
+    "--wheel",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the onecard wheel to put in the venv (default: built from this checkout)",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="install from this directory of wheels, without the network",
+)
+@click.option("--skip-venv", is_flag=True, help="leave /opt/onecard/venv alone")
+def install(
+    bundle_path: Path,
+    root: Path | None,
+    no_start: bool,
+    enable: bool,
+    python: str,
+    wheel: Path | None,
+    wheelhouse: Path | None,
+    skip_venv: bool,
+) -> None:
+    """Install this site's edge as a systemd service from HQ's bundle.
+
+    Checks the bundle, creates the onecard user, /etc/onecard (configuration and password),
+    /var/lib/onecard (the database), a virtualenv in /opt/onecard/venv, the unit and the
+    udev rule for USB serial adapters, then enables and (re)starts onecard-edge. Running it
+    again with a new bundle replaces the configuration and restarts. See docs/install.md.
+    """
+    from edge_agent import install as setup
+
+    tree = _tree(root)
+    try:
+        bundle = setup.read_bundle(bundle_path)
+        for warning in bundle.warnings:
+            click.echo(f"WARNING: {warning}", err=True)
+        click.echo(f"bundle {bundle_path}: site {bundle.site}, broker {bundle.config.mqtt.url}")
+        options = setup.InstallOptions(
+            start=not no_start,
+            enable=enable,
+            python=python,
+            wheel=wheel,
+            wheelhouse=wheelhouse,
+            skip_venv=skip_venv,
+        )
+        setup.install(bundle, tree, options)
+    except (setup.InstallError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("")
+    for line in setup.next_steps(bundle, tree, options):
+        click.echo(line)
+
+
+@main.command()
+@ROOT_OPTION
+@click.option("--purge", is_flag=True, help="also delete /etc/onecard, /var/lib/onecard (data)")
+@click.option("--force", is_flag=True, help="purge even records HQ has not received yet")
+@click.option("--yes", "-y", is_flag=True, help="do not ask before purging")
+def uninstall(root: Path | None, purge: bool, force: bool, yes: bool) -> None:
+    """Stop and remove the service, udev rule and venv.
+
+    The configuration (/etc/onecard) and the site database (/var/lib/onecard) stay unless
+    --purge; --purge refuses while records have not reached HQ, unless --force.
+    """
+    from edge_agent import install as setup
+
+    tree = _tree(root)
+    if purge and not yes:
+        click.confirm(
+            f"Delete {tree.path(setup.ETC)} and {tree.path(setup.STATE)} (the site database)?",
+            abort=True,
+        )
+    try:
+        setup.uninstall(tree, purge=purge, force=force)
+    except (setup.InstallError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("onecard-edge uninstalled.")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.option("--level", default="info", show_default=True, help="lowest level shown")
+@click.option("--since", help="how far back: 30s, 10m, 2h, 1d, today, 2026-11-23 15:00")
+@click.option("--unit", default="onecard-edge", show_default=True, help="systemd unit")
+@click.option("--file", "log_file", type=click.Path(path_type=Path), help="read this log file")
+@click.option("--json", "as_json", is_flag=True, help="print the JSON lines unchanged")
+def logs(
+    config_path: Path,
+    follow: bool,
+    level: str,
+    since: str | None,
+    unit: str,
+    log_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the daemon's log: the journal (journalctl -u UNIT), or, on a machine without
+    journald, the [log] file of edge.toml. Lines below --level are left out."""
+    import json
+
+    from edge_agent import logs as edge_logs
+
+    try:
+        min_level = edge_logs.parse_level(level)
+        cutoff = edge_logs.parse_since(since) if since else None
+    except edge_logs.LogQueryError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if log_file is None and edge_logs.journal_available():
+        lines = edge_logs.read_journal(unit, cutoff, follow=follow)
+    else:
+        log_file = log_file or _load(config_path).log.file
+        if log_file is None:
+            raise click.ClickException(
+                f"no journald on this machine and no [log] file in {config_path}: set "
+                '[log] file = "/var/log/onecard/edge.log" and restart the daemon'
+            )
+        if not log_file.is_file():
+            raise click.ClickException(f"{log_file}: no such log file (is the daemon running?)")
+        lines = edge_logs.read_file(log_file, follow=follow)
+    colors = sys.stdout.isatty()
+    try:
+        for line in lines:
+            entry = edge_logs.select(line, min_level, cutoff)
+            if entry is None:
+                continue
+            if isinstance(entry, str):
+                click.echo(entry)
+            elif as_json:
+                click.echo(json.dumps(entry, ensure_ascii=False))
+            else:
+                click.echo(edge_logs.format_entry(entry, colors=colors))
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `onecard-edge logs | head`
+        sys.stderr.close()

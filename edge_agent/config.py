@@ -51,6 +51,8 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+    #: Also append JSON lines here (for machines without journald; read by `onecard-edge logs`).
+    file: Path | None = None
 
 
 class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,13 @@ def _records(data_dir: Path) -> dict[tuple[str, int], object]:
         assert key not in out, f"two records for terminal {key[0]} rec {key[1]}"
         out[key] = record
     return out
+
+
+async def _until(condition: Callable[[], bool], within: float = 30) -> None:
+    """Wait (bounded) for the load to reach a point, however slow the machine is."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - the workers update it as they go
+            await asyncio.sleep(0.05)
 
 
 async def _reconnect(terminal: Terminal, deadline: float) -> None:
@@ -94,13 +102,13 @@ async def test_kill_9_under_load_loses_no_answered_tap_and_never_charges_twice( 
         for terminal in terminals:
             await terminal.connect()
         workers = [asyncio.create_task(work(t, n * 1000)) for n, t in enumerate(terminals)]
-        await asyncio.sleep(1.5)
+        await _until(lambda: len(told) >= 100)  # load is flowing
         before_kill = len(told)
         edge.kill9()
         await asyncio.sleep(0.5)
         edge.start()
         restarted.set()
-        await asyncio.sleep(1.5)
+        await _until(lambda: len(told) >= before_kill + 100)  # and flows again after restart
         stop.set()
         await asyncio.gather(*workers)
         # A till whose TAP was in flight at the kill resent it on reconnect and learned the
