@@ -26,6 +26,7 @@ from protocol.errors import MessageError
 from protocol.messages import (
     AnyRecord,
     RawRecordBatch,
+    RechargeCommit,
     decode_batch_records,
     decode_record,
     record_kind,
@@ -253,10 +254,12 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
         )
         return False
     at_ms = int(record.at.timestamp() * 1000)
+    pay_ref = record.pay_ref if isinstance(record, RechargeCommit) else None
     for entry in entries:
         added = conn.execute(
             "INSERT OR IGNORE INTO ledger (person_id, cash_fen, subsidy_fen, ticket_id,"
-            " ticket_uses, kind, record_id, site, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " ticket_uses, kind, record_id, site, at_ms, pay_ref)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 entry.person_id,
                 entry.cash_fen,
@@ -267,9 +270,21 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
                 record.id,
                 site,
                 at_ms,
+                pay_ref,
             ),
         ).rowcount
         if not added:
+            if pay_ref is not None:
+                # Another record already credited this payment (a kiosk whose database was
+                # recreated, a second site): credit once, tell HQ.
+                anomaly(
+                    conn,
+                    "duplicate_payment",
+                    site=site,
+                    at_ms=now_ms,
+                    record_id=record.id,
+                    pay_ref=pay_ref,
+                )
             continue
         add_to_account(conn, entry.person_id, entry.cash_fen, entry.subsidy_fen)
         if lane == 0:

@@ -116,9 +116,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             record_id   TEXT,                       -- the site record it came from, if any
             site        TEXT,
             at_ms       INTEGER NOT NULL,
+            pay_ref     TEXT,                       -- a recharge's payment reference
             UNIQUE (record_id, kind)
         ) STRICT;
         CREATE INDEX ledger_person ON ledger (person_id, id);
+        -- a payment is credited once, whichever kiosk, site or database commits it
+        CREATE UNIQUE INDEX ledger_payment ON ledger (pay_ref) WHERE pay_ref IS NOT NULL;
 
         CREATE TABLE accounts (
             person_id   TEXT PRIMARY KEY,

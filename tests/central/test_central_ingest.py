@@ -213,3 +213,35 @@ async def test_a_snapshot_renders_balances_with_their_covers(store):
     account = next(c for c in snap if c.entity == "account")
     assert account.data is not None
     assert (account.data["cash_fen"], account.data["covers"]) == (750, {SITE: [EPOCH, 1]})
+
+
+async def test_a_payment_committed_twice_under_different_records_is_credited_once(store):
+    await ingest(store, batch([recharge(1, 500)]))
+    again = RechargeCommit(
+        id=f"{SITE}.{EPOCH + 1}.0.1",
+        seq=1,
+        site=SITE,
+        at=NOW,
+        received_at=NOW,
+        offline=False,
+        card_uid=ALICE,
+        pay_ref="BANK-1",
+        amount=500,
+    )  # a kiosk whose database was recreated commits the same payment again
+    raw = decode(
+        json.dumps(
+            {
+                "site": SITE,
+                "epoch": EPOCH + 1,
+                "lane": 0,
+                "first_seq": 1,
+                "last_seq": 1,
+                "records": [json.loads(encode(again))],
+            }
+        ).encode(),
+        RawRecordBatch,
+    )
+    await ingest(store, raw)
+    assert (await balance(store))[:2] == (1500, 1500)
+    kinds = await store.run(lambda conn: conn.execute("SELECT kind FROM anomalies").fetchall())
+    assert kinds == [("duplicate_payment",)]
