@@ -68,7 +68,10 @@ class CentralService:
 
     store: CentralStore
     broker: BrokerSettings
-    worker: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    #: Stable across restarts: the broker keeps this worker's persistent session, queueing the
+    #: sites' uplink while it is down. A fresh id per start would orphan that session (it
+    #: would queue every site's records, unread, until it expires) and lose the backlog.
+    worker: str = "main"
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: The last feed version sent to each online site.
@@ -87,13 +90,15 @@ class CentralService:
         """Stay connected to the broker until :meth:`stop`, reconnecting with backoff."""
         delay = 0.5
         while not self.stopping.is_set():
+            sessions = self.stats.get("connections", 0)
             try:
                 await self._connected_session()
-                delay = 0.5
-            except aiomqtt.MqttError as exc:
-                log.warning("central.broker_lost", error=str(exc))
+            except* aiomqtt.MqttError as lost:  # the session's TaskGroup wraps it in a group
+                log.warning("central.broker_lost", error=str(lost.exceptions[0]))
             if self.stopping.is_set():
                 break
+            if self.stats.get("connections", 0) > sessions:
+                delay = 0.5  # it was connected: back off afresh, not from the last outage's delay
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.stopping.wait()
@@ -130,6 +135,7 @@ class CentralService:
                 retain=True,
             )
             self._last_head = await self.store.run(master.head_version)
+            self.count("connections")
             log.info("central.connected", worker=self.worker, broker=self.broker.host)
             self.ready.set()
             try:

@@ -348,13 +348,14 @@ class Site:
     def _offline(
         self, conn: sqlite3.Connection, person_id: str | None, now: datetime
     ) -> OfflineState | None:
-        if self.offline_since is None:
+        # Read once: this runs on the store's writer thread while the sync flips
+        # ``offline_since`` from the event loop (a second read may see None).
+        since = self.offline_since
+        if since is None:
             return None
         day_start, _ = local_day_bounds(now, site_zone(self.policy.timezone))
-        site_total, card_today = facts.offline_spent(conn, self.offline_since, person_id, day_start)
-        return OfflineState(
-            since=self.offline_since, site_exposure_fen=site_total, card_today_fen=card_today
-        )
+        site_total, card_today = facts.offline_spent(conn, since, person_id, day_start)
+        return OfflineState(since=since, site_exposure_fen=site_total, card_today_fen=card_today)
 
     def _purchase(
         self, terminal: RegisteredTerminal, tap: msg.Tap, now: datetime, conn: sqlite3.Connection

@@ -105,10 +105,11 @@ class EdgeSync:
             while not self.stopping.is_set():
                 try:
                     await self._session()
-                    delay = 0.5
-                except aiomqtt.MqttError as exc:
-                    log.warning("sync.broker_unreachable", error=str(exc))
+                except* aiomqtt.MqttError as lost:  # the session's TaskGroup wraps it in a group
+                    log.warning("sync.broker_unreachable", error=str(lost.exceptions[0]))
                 finally:
+                    if self.connected:
+                        delay = 0.5  # it was connected: back off afresh after this drop
                     self.connected = False
                     self._client = None
                     self._update_offline()
@@ -117,7 +118,8 @@ class EdgeSync:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay * random.uniform(0.5, 1.5)):
                         await self.stopping.wait()
-                delay = min(delay * 2, 30)
+                # Capped at 15 s: a branch back from an outage should not wait long to sync.
+                delay = min(delay * 2, 15)
 
     def stop(self) -> None:
         """Ask the sync to stop (the daemon is stopping)."""

@@ -98,6 +98,24 @@ class PrivateBroker:
         """Everything the broker logged so far."""
         return self.dir.log_file.read_text(errors="replace")
 
+    def stop(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Stop mosquitto as an operator would (SIGTERM: it saves its persistence file)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+
+    def start(self) -> None:
+        """Start mosquitto again on the same port, directory and persistence (after
+        :meth:`stop`): sessions, their queues and retained messages come back."""
+        if self.process.poll() is None:
+            raise BrokerStartError("mosquitto is already running")
+        self.process = _spawn(self.dir)
+        _wait_for_tls(self)
+
     def reload(self, timeout: float = START_TIMEOUT_S) -> None:
         """SIGHUP the broker and wait until it has re-read its config and password file."""
         before = self.log().count("Reloading config.")
@@ -154,6 +172,17 @@ def _all_logs(broker: PrivateBroker) -> str:
     return log + (console.read_text(errors="replace") if console.exists() else "")
 
 
+def _spawn(brokerdir: BrokerDir) -> subprocess.Popen[bytes]:
+    """Run mosquitto on ``brokerdir`` (its console output appended next to the directory)."""
+    with (brokerdir.root.parent / "console.log").open("ab") as console:
+        return subprocess.Popen(
+            ["mosquitto", "-c", str(brokerdir.conf), "-v"],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @contextlib.contextmanager
 def private_broker() -> Iterator[PrivateBroker]:
     """Provision a broker directory, run mosquitto on it, stop and delete it afterwards.
@@ -172,23 +201,11 @@ def private_broker() -> Iterator[PrivateBroker]:
         bundles = base / "bundles"
         bundles.mkdir()
         _give_to_mosquitto_user(root)
-        with (base / "console.log").open("wb") as console:
-            process = subprocess.Popen(
-                ["mosquitto", "-c", str(brokerdir.conf), "-v"],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-            )
-        broker = PrivateBroker(dir=brokerdir, port=port, bundles=bundles, process=process)
+        broker = PrivateBroker(dir=brokerdir, port=port, bundles=bundles, process=_spawn(brokerdir))
         try:
             _wait_for_tls(broker)
             yield broker
         finally:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+            broker.stop(5)
     finally:
         shutil.rmtree(base, ignore_errors=True)
