@@ -29,7 +29,7 @@ import structlog
 
 from edge_agent.adapters import sqlite_facts as facts
 from edge_agent.adapters import sqlite_outbox as outbox
-from edge_agent.adapters.sqlite_store import EdgeStore, StoreError, get_meta
+from edge_agent.adapters.sqlite_store import EdgeStore, StoreError
 from edge_agent.adapters.terminal_server import TerminalRegistry
 from edge_agent.core.attendance import PunchFacts, decide_punch
 from edge_agent.core.checks import OfflineState
@@ -598,19 +598,18 @@ class Site:
     async def status(self, registry: TerminalRegistry, *, version: str) -> dict[str, Any]:
         """A snapshot for ``onecard-edge status`` and the birth message."""
 
-        def op(conn: sqlite3.Connection) -> dict[str, Any]:
-            depth, oldest = outbox.depth(conn)
-            return {
-                "outbox_depth": depth,
-                "outbox_oldest_ms": oldest,
-                "acked": [outbox.acked_watermark(conn, lane) for lane in rec.LANES],
-                "feed_version": int(get_meta(conn, "feed_version") or 0),
-                "blacklist_version": int(get_meta(conn, "blacklist_version") or 0),
-            }
-
-        db = await self.store.run(op)
+        # On the reader connection (a WAL snapshot): counting a long backlog must never hold
+        # up the writer, where every tap waits for its commit.
+        depth = (await self.store.read(outbox.DEPTH_SQL))[0][0]
+        oldest = (await self.store.read(outbox.OLDEST_SQL))[0][0]
+        meta = dict(await self.store.read("SELECT key, value FROM meta"))
+        db = {
+            "outbox_depth": int(depth),
+            "acked": [int(meta.get(f"acked_seq_{lane}", 0)) for lane in rec.LANES],
+            "feed_version": int(meta.get("feed_version", 0)),
+            "blacklist_version": int(meta.get("blacklist_version", 0)),
+        }
         now = time.time()
-        oldest = db.pop("outbox_oldest_ms")
         terminals = []
         for tid, term in sorted(self.terminals.items()):
             seen = registry.last_seen_wall.get(tid)

@@ -116,11 +116,21 @@ def unacked(
     return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
 
 
+DEPTH_SQL = "SELECT count(*) FROM outbox WHERE acked = 0"
+#: The oldest unacked record of each lane is its lowest unacked seq: two index lookups, however
+#: long the backlog (a scan for min(created_ms) would grow with an offline site's outbox).
+OLDEST_SQL = (
+    "SELECT min(created_ms) FROM ("
+    " SELECT (SELECT created_ms FROM outbox WHERE acked = 0 AND lane = 0 ORDER BY seq LIMIT 1)"
+    " AS created_ms UNION ALL"
+    " SELECT (SELECT created_ms FROM outbox WHERE acked = 0 AND lane = 1 ORDER BY seq LIMIT 1))"
+)
+
+
 def depth(conn: sqlite3.Connection) -> tuple[int, int | None]:
     """(unacked records, creation time in ms of the oldest one or None)."""
-    count, oldest = conn.execute(
-        "SELECT count(*), min(created_ms) FROM outbox WHERE acked = 0"
-    ).fetchone()
+    count = conn.execute(DEPTH_SQL).fetchone()[0]
+    oldest = conn.execute(OLDEST_SQL).fetchone()[0]
     return int(count), None if oldest is None else int(oldest)
 
 
