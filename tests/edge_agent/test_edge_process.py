@@ -168,7 +168,11 @@ async def test_kill_9_under_load_loses_no_answered_tap_and_never_charges_twice( 
     # terminal itself while cut off and uploaded on reconnect: nothing decided in secret.
     assert set(records) == set(told) | set(decided_locally)
     for key, outcome in decided_locally.items():
-        assert (records[key].granted, records[key].reason) == (outcome.ok, "terminal_local")
+        # Either the upload of the reader's own decision, or — when the edge had committed
+        # that very tap just before it was killed and the answer never left — the edge's
+        # record, which the later upload of the same rec does not duplicate.
+        assert records[key].granted == outcome.ok
+        assert records[key].reason in ("terminal_local", "ok")
 
 
 def test_sigterm_drains_and_exits_cleanly(tmp_path: Path):
