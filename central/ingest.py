@@ -100,6 +100,7 @@ def ingest_batch(
         "INSERT OR IGNORE INTO lanes (site, epoch, lane) VALUES (?, ?, ?)", (site, epoch, lane)
     )
     new = duplicates = conflicts = dead = 0
+    fresh: dict[int, AnyRecord] = {}  # decoded records stored by this call, by seq
     for i, item in enumerate(decode_batch_records(batch)):
         seq = batch.first_seq + i
         raw = bytes(batch.records[i])
@@ -119,6 +120,8 @@ def ingest_batch(
         ).rowcount
         if inserted:
             new += 1
+            if not reason:
+                fresh[seq] = item  # type: ignore[assignment]
             if reason:
                 dead += 1
                 dead_letter(conn, topic=topic, site=site, reason=reason, payload=raw, at_ms=now_ms)
@@ -158,7 +161,7 @@ def ingest_batch(
             lane=lane,
             seq=seq,
         )
-    acked, applied, money = _advance(conn, site, epoch, lane, now_ms)
+    acked, applied, money = _advance(conn, site, epoch, lane, now_ms, fresh)
     max_seen = max(
         batch.last_seq,
         conn.execute(
@@ -188,8 +191,13 @@ def ingest_batch(
     )
 
 
-def _advance(
-    conn: sqlite3.Connection, site: str, epoch: int, lane: int, now_ms: int
+def _advance(  # noqa: PLR0917 - the coordinates of one lane
+    conn: sqlite3.Connection,
+    site: str,
+    epoch: int,
+    lane: int,
+    now_ms: int,
+    decoded: dict[int, AnyRecord],
 ) -> tuple[int, int, bool]:
     acked = conn.execute(
         "SELECT acked_seq FROM lanes WHERE site = ? AND epoch = ? AND lane = ?",
@@ -202,11 +210,13 @@ def _advance(
     ).fetchall()
     applied = 0
     money = False
+    holders: dict[str, str | None] = {}  # card → person, for this walk
     for seq, kind, payload in rows:
         if seq != acked + 1:
             break  # a gap: wait for it (or ask for it) before applying anything after it
         if kind != "dead":
-            money |= apply_record(conn, site, epoch, lane, seq, decode_record(payload), now_ms)
+            record = decoded.get(seq) or decode_record(payload)
+            money |= apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
         acked = seq
         applied += 1
     if applied:
@@ -236,11 +246,19 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
     seq: int,
     record: AnyRecord,
     now_ms: int,
+    holders: dict[str, str | None] | None = None,
 ) -> bool:
     """Put one record's effects in the ledger; True if a balance changed."""
     if not moves_money(record):
         return False
-    person = card_holder(conn, record.card_uid) if record.card_uid else None
+    if lane != 0:  # ingest dead-letters these first; covers below assume lane 0
+        raise ValueError(f"a money record in lane {lane}")
+    person = None
+    if record.card_uid:
+        cache = {} if holders is None else holders
+        if record.card_uid not in cache:
+            cache[record.card_uid] = card_holder(conn, record.card_uid)
+        person = cache[record.card_uid]
     entries = entries_for(record, person)
     if not entries:
         anomaly(
@@ -286,15 +304,26 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
                     pay_ref=pay_ref,
                 )
             continue
-        add_to_account(conn, entry.person_id, entry.cash_fen, entry.subsidy_fen)
-        if lane == 0:
-            conn.execute(
-                "UPDATE accounts SET covers = json_set(covers, ?, json_array(?, ?))"
-                " WHERE person_id = ?",
-                (f'$."{site}"', epoch, seq, entry.person_id),
-            )
+        # One statement: the balance moves with its ledger entry, ``covers`` names the
+        # record (money travels in lane 0), and the new balance comes back for the check.
         balance = conn.execute(
-            "SELECT cash_fen + subsidy_fen FROM accounts WHERE person_id = ?", (entry.person_id,)
+            "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty, covers)"
+            " VALUES (?, ?, ?, 1, json_object(?, json_array(?, ?)))"
+            " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
+            " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1,"
+            " covers = json_set(covers, ?, json_array(?, ?))"
+            " RETURNING cash_fen + subsidy_fen",
+            (
+                entry.person_id,
+                entry.cash_fen,
+                entry.subsidy_fen,
+                site,
+                epoch,
+                seq,
+                f'$."{site}"',
+                epoch,
+                seq,
+            ),
         ).fetchone()[0]
         if balance < 0:
             anomaly(
