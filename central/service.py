@@ -334,17 +334,19 @@ class CentralService:
 
     async def _publisher(self) -> None:
         while True:
+            # The blacklist first: one broadcast reaches every site, and a lost card must be
+            # refused everywhere before anything else goes out.
+            deltas: list[BlacklistDelta] = await self.store.run(_unpublished_blacklist)
+            for delta in deltas:
+                await self._publish(global_topic(Channel.BLACKLIST), encode(delta), retain=True)
+                await self.store.run(partial(_mark_published, version=delta.version))
+                self.count("blacklist_published")
             await self.store.run(master.flush_balances)
             head = await self.store.run(master.head_version)
             if head != self._last_head:
                 self._last_head = head
                 for site in list(self.online):
                     await self._send_changes(site)
-            deltas: list[BlacklistDelta] = await self.store.run(_unpublished_blacklist)
-            for delta in deltas:
-                await self._publish(global_topic(Channel.BLACKLIST), encode(delta), retain=True)
-                await self.store.run(partial(_mark_published, version=delta.version))
-                self.count("blacklist_published")
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def _gap_watch(self) -> None:
