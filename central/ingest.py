@@ -204,18 +204,18 @@ def _advance(  # noqa: PLR0917 - the coordinates of one lane
         (site, epoch, lane),
     ).fetchone()[0]
     rows = conn.execute(
-        "SELECT seq, kind, payload FROM records"
+        "SELECT seq, kind FROM records"
         " WHERE site = ? AND epoch = ? AND lane = ? AND applied = 0 AND seq > ? ORDER BY seq",
         (site, epoch, lane, acked),
     ).fetchall()
     applied = 0
     money = False
     holders: dict[str, str | None] = {}  # card → person, for this walk
-    for seq, kind, payload in rows:
+    for seq, kind in rows:
         if seq != acked + 1:
             break  # a gap: wait for it (or ask for it) before applying anything after it
         if kind != "dead":
-            record = decoded.get(seq) or decode_record(payload)
+            record = decoded.get(seq) or _stored(conn, site, epoch, lane, seq)
             money |= apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
         acked = seq
         applied += 1
@@ -226,6 +226,15 @@ def _advance(  # noqa: PLR0917 - the coordinates of one lane
             (site, epoch, lane, acked),
         )
     return acked, applied, money
+
+
+def _stored(conn: sqlite3.Connection, site: str, epoch: int, lane: int, seq: int) -> AnyRecord:
+    """A record stored by an earlier batch (it waited behind a gap)."""
+    payload = conn.execute(
+        "SELECT payload FROM records WHERE site = ? AND epoch = ? AND lane = ? AND seq = ?",
+        (site, epoch, lane, seq),
+    ).fetchone()[0]
+    return decode_record(payload)
 
 
 def card_holder(conn: sqlite3.Connection, uid: str) -> str | None:

@@ -56,6 +56,9 @@ from protocol.topics import Channel, global_topic, parse_topic, site_filter, sit
 log = structlog.get_logger("central")
 
 PUBLISH_INTERVAL_S = 0.1
+#: Balances are coalesced for this long: under a backlog every sale dirties an account, and
+#: publishing each of them every 100 ms would cost HQ and the sites more than the sales.
+BALANCE_FLUSH_S = 1.0
 GAP_WAIT_S = 2.0
 RESEND_EVERY_S = 5.0
 #: Concurrent batch ingests (they share group commits); more wait their turn.
@@ -81,6 +84,7 @@ class CentralService:
     _client: aiomqtt.Client | None = None
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGEST_CONCURRENCY))
     _last_head: int = 0
+    _last_flush: float = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump a counter (exported on the dashboard later)."""
@@ -341,7 +345,9 @@ class CentralService:
                 await self._publish(global_topic(Channel.BLACKLIST), encode(delta), retain=True)
                 await self.store.run(partial(_mark_published, version=delta.version))
                 self.count("blacklist_published")
-            await self.store.run(master.flush_balances)
+            if time.monotonic() - self._last_flush >= BALANCE_FLUSH_S:
+                self._last_flush = time.monotonic()
+                await self.store.run(master.flush_balances)
             head = await self.store.run(master.head_version)
             if head != self._last_head:
                 self._last_head = head

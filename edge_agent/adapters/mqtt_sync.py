@@ -63,7 +63,7 @@ log = structlog.get_logger("edge.sync")
 
 BATCH_RECORDS = 500
 BATCH_BYTES = 256 * 1024
-WINDOW = 4
+WINDOW = 8
 ACK_TIMEOUT_S = 10.0
 
 
