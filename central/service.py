@@ -37,6 +37,7 @@ from central import master
 from central.adapters.sqlite_store import CentralStore
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
+from edge_agent.adapters.waiting import wait_event
 from protocol.errors import MessageError, TopicError
 from protocol.messages import (
     MAX_CHANGES,
@@ -103,9 +104,7 @@ class CentralService:
                 break
             if self.stats.get("connections", 0) > sessions:
                 delay = 0.5  # it was connected: back off afresh, not from the last outage's delay
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.stopping.wait()
+            await wait_event(self.stopping, delay)
             delay = min(delay * 2, 15)
 
     def stop(self) -> None:

@@ -10,7 +10,6 @@ the links, drain the store's queue, and exit 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -27,6 +26,7 @@ from edge_agent.adapters.sqlite_store import EdgeStore
 from edge_agent.adapters.systemd_notify import notify, watchdog_interval_s
 from edge_agent.adapters.terminal_server import TerminalRegistry, TerminalSession
 from edge_agent.adapters.transport import open_stream, parse_endpoint
+from edge_agent.adapters.waiting import wait_event
 from edge_agent.config import EdgeConfig
 from edge_agent.site import Site
 
@@ -170,10 +170,7 @@ class EdgeService:
 
     async def _pause(self, seconds: float) -> bool:
         """Sleep ``seconds``; False as soon as the daemon is stopping."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.stopping.wait()
-        return not self.stopping.is_set()
+        return not await wait_event(self.stopping, seconds)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: a blocked loop stops the pings and systemd

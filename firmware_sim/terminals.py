@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edge_agent.adapters.transport import open_stream, parse_endpoint
+from edge_agent.adapters.waiting import wait_event
 from firmware_sim.link import FrameLink, LinkClosedError, PeerError, ReplyTimeoutError
 from firmware_sim.state import PendingRecharge, StateFile
 from protocol import auth
@@ -205,9 +206,7 @@ class Terminal:
             except (*LINK_ERRORS, ProtocolError):
                 self.counters.link_failures += 1
                 self.show("网络故障 重连中")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+            await wait_event(stop, delay)
             delay = min(delay * 2, backoff_max_s)
         await self.close()
 

@@ -36,6 +36,7 @@ from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_master import clear_master, delete_from_feed, upsert_from_feed
 from edge_agent.adapters.sqlite_store import EdgeStore, get_meta, set_meta
 from edge_agent.adapters.terminal_server import TerminalRegistry
+from edge_agent.adapters.waiting import wait_event
 from edge_agent.site import Site
 from protocol.errors import MessageError, TopicError
 from protocol.messages import (
@@ -115,9 +116,7 @@ class EdgeSync:
                     self._update_offline()
                 if self.stopping.is_set():
                     break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay * random.uniform(0.5, 1.5)):
-                        await self.stopping.wait()
+                await wait_event(self.stopping, delay * random.uniform(0.5, 1.5))
                 # Capped at 15 s: a branch back from an outage should not wait long to sync.
                 delay = min(delay * 2, 15)
 
@@ -194,9 +193,7 @@ class EdgeSync:
                 sent |= await self._send_next(client, lane)
             if not sent:
                 self._progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._progress.wait()
+                await wait_event(self._progress, 1.0)
 
     async def _send_next(self, client: aiomqtt.Client, lane: Lane) -> bool:
         state = self._lanes[lane]
@@ -390,9 +387,7 @@ class EdgeSync:
     async def _watch_offline(self) -> None:
         while not self.stopping.is_set():
             self._update_offline()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.stopping.wait()
+            await wait_event(self.stopping, 1.0)
 
 
 class _Stopped(Exception):  # noqa: N818 - control flow: ends the session's TaskGroup
