@@ -62,6 +62,8 @@ PUBLISH_INTERVAL_S = 0.1
 BALANCE_FLUSH_S = 1.0
 GAP_WAIT_S = 2.0
 RESEND_EVERY_S = 5.0
+#: Sites sent their feed changes at once by the publisher.
+FANOUT = 32
 #: Concurrent batch ingests (they share group commits); more wait their turn.
 INGEST_CONCURRENCY = 32
 
@@ -350,8 +352,11 @@ class CentralService:
             head = await self.store.run(master.head_version)
             if head != self._last_head:
                 self._last_head = head
-                for site in list(self.online):
-                    await self._send_changes(site)
+                # Fan out concurrently (each site's stream stays in order): at hundreds of
+                # sites one-after-another sends, each waiting for its PUBACK, take seconds.
+                sites = list(self.online)
+                for i in range(0, len(sites), FANOUT):
+                    await asyncio.gather(*(self._send_changes(s) for s in sites[i : i + FANOUT]))
             await asyncio.sleep(PUBLISH_INTERVAL_S)
 
     async def _gap_watch(self) -> None:
