@@ -13,12 +13,13 @@ Functions here run inside store operations (writer connection, in a transaction)
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from central.ingest import add_to_account
+from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.core.model import (
     AccessGrant,
     AccessLevel,
@@ -46,11 +47,6 @@ SITE_ENTITIES = frozenset(
 
 class MasterDataError(ValueError):
     """A master-data operation that cannot be done (unknown card, bad site, …)."""
-
-
-def now_ms() -> int:
-    """Current UTC time in Unix ms."""
-    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def head_version(conn: sqlite3.Connection) -> int:

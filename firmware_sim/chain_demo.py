@@ -36,6 +36,7 @@ from central.provision import add_site, init_broker
 from central.service import CentralService
 from edge_agent.adapters.mqtt_client import BrokerSettings
 from edge_agent.config import EdgeConfig, MqttConfig, TerminalsConfig
+from edge_agent.core.reasons import yuan
 from edge_agent.logs import configure_logging
 from edge_agent.service import EdgeService
 from firmware_sim.terminals import (
@@ -45,7 +46,6 @@ from firmware_sim.terminals import (
     RechargeKiosk,
     Terminal,
     TerminalSettings,
-    yuan,
 )
 from protocol import auth
 

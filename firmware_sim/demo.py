@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from edge_agent.adapters.sqlite_store import EdgeStore
 from edge_agent.config import EdgeConfig, TerminalsConfig
+from edge_agent.core.reasons import yuan
 from edge_agent.logs import configure_logging
 from edge_agent.seed import apply_seed, load_seed
 from edge_agent.service import EdgeService
@@ -38,7 +39,6 @@ from firmware_sim.terminals import (
     PosTerminal,
     RechargeKiosk,
     TerminalSettings,
-    yuan,
 )
 from protocol import auth
 

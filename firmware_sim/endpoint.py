@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from edge_agent.adapters.transport import Endpoint, open_stream
+from edge_agent.core.reasons import yuan
 from firmware_sim.link import FrameLink
-from firmware_sim.terminals import yuan
 from protocol import auth
 from protocol.errors import AuthError
 from protocol.framing import Frame

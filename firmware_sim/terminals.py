@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from edge_agent.adapters.transport import open_stream, parse_endpoint
 from edge_agent.adapters.waiting import wait_event
+from edge_agent.core.reasons import yuan
 from firmware_sim.link import FrameLink, LinkClosedError, PeerError, ReplyTimeoutError
 from firmware_sim.state import PendingRecharge, StateFile
 from protocol import auth
@@ -53,12 +54,6 @@ from protocol.terminal import (
 )
 
 LINK_ERRORS = (LinkClosedError, ReplyTimeoutError, OSError)
-
-
-def yuan(fen: int) -> str:
-    """Fen as a display amount: 1234 → '¥12.34'."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}¥{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 
 import msgspec
 
+from edge_agent.adapters.sqlite_master import ms
 from edge_agent.core.checks import CardFacts
 from edge_agent.core.door import DoorRight
 from edge_agent.core.model import (
@@ -31,11 +32,6 @@ from edge_agent.core.recharge import Recharge
 
 _tz_decoder = msgspec.json.Decoder(TimeZone)
 _recharge_decoder = msgspec.json.Decoder(Recharge)
-
-
-def ms(value: datetime | None) -> int | None:
-    """A UTC datetime as Unix ms (None passes through)."""
-    return None if value is None else int(value.timestamp() * 1000)
 
 
 def dt(value: int | None) -> datetime | None:
