@@ -37,6 +37,7 @@ from central import master
 from central.adapters.sqlite_store import CentralStore
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
+from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.adapters.waiting import wait_event
 from protocol.errors import MessageError, TopicError
 from protocol.messages import (
@@ -204,10 +205,14 @@ class CentralService:
                 return
             try:
                 result = await self.store.run(
-                    lambda conn: ingest_batch(conn, site, batch, topic=topic, now_ms=_now_ms())
+                    lambda conn: ingest_batch(conn, site, batch, topic=topic, now_ms=now_ms())
                 )
             except UnknownSiteError as exc:
                 await self._dead_letter(topic, site, str(exc), payload)
+                return
+            except Exception as exc:
+                log.exception("ingest.failed", site=site, topic=topic)
+                await self._dead_letter(topic, site, f"ingest failed: {exc!r}", payload)
                 return
             self.count("records_new", result.new)
             self.count("records_duplicate", result.duplicates)
@@ -254,7 +259,7 @@ class CentralService:
         log.warning("central.dead_letter", topic=topic, site=site, reason=reason[:200])
         await self.store.run(
             lambda conn: dead_letter(
-                conn, topic=topic, site=site, reason=reason, payload=payload, at_ms=_now_ms()
+                conn, topic=topic, site=site, reason=reason, payload=payload, at_ms=now_ms()
             )
         )
 
@@ -380,17 +385,13 @@ class _Stopped(Exception):  # noqa: N818 - control flow: ends the session's Task
     pass
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _record_birth(conn: sqlite3.Connection, site: str, state: SiteBirth, payload: bytes) -> bool:
     cursor = conn.execute(
         "UPDATE sites SET online = 1, last_seen_ms = ?, state = ?, version = ?, epoch = ?,"
         " feed_version = ?, blacklist_version = ?, outbox_depth = ?, outbox_oldest_age_s = ?"
         " WHERE id = ? AND removed = 0",
         (
-            _now_ms(),
+            now_ms(),
             payload,
             state.version,
             state.epoch,
@@ -405,7 +406,7 @@ def _record_birth(conn: sqlite3.Connection, site: str, state: SiteBirth, payload
 
 
 def _seen(conn: sqlite3.Connection, site: str) -> None:
-    conn.execute("UPDATE sites SET last_seen_ms = ? WHERE id = ?", (_now_ms(), site))
+    conn.execute("UPDATE sites SET last_seen_ms = ? WHERE id = ?", (now_ms(), site))
 
 
 def _mark_published(conn: sqlite3.Connection, version: int) -> None:
@@ -420,7 +421,7 @@ def _unpublished_blacklist(conn: sqlite3.Connection) -> list[BlacklistDelta]:
 
 
 def _stuck_lanes(conn: sqlite3.Connection) -> list[tuple[str, int, int, int]]:
-    now = _now_ms()
+    now = now_ms()
     rows = conn.execute(
         "SELECT site, epoch, lane, acked_seq FROM lanes"
         " WHERE gap_since_ms IS NOT NULL AND gap_since_ms < ?"

@@ -191,7 +191,7 @@ class EdgeService:
                 status["pid"] = os.getpid()
                 status["tcp_port"] = self.tcp_port
                 status["written_at"] = time.time()
-                _write_atomic(path, msgspec.json.encode(status))
+                await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(status))
             if not await self._pause(STATUS_INTERVAL_S):
                 return
 

@@ -24,6 +24,7 @@ from edge_agent.core.model import (
     Ticket,
     TimeZone,
 )
+from protocol.errors import MessageError
 
 _json = msgspec.json.Encoder()
 
@@ -173,16 +174,24 @@ def upsert_from_feed(
 ) -> None:
     """Validate a feed row and write it. An account's ``covers`` becomes ``covers_seq``: the
     lane-0 seq of this site's records central's balance includes — only if it names this
-    database's epoch (a recreated database shares nothing with the old one's numbering)."""
+    database's epoch (a recreated database shares nothing with the old one's numbering).
+
+    A row that does not validate raises :class:`MessageError` (the caller's transaction rolls
+    the whole feed message back: never half-applied)."""
     raw = _json.encode(data)  # JSON semantics: object keys are strings on the wire
-    if entity == "account":
-        account = msgspec.json.decode(raw, type=FeedAccount)
-        covered = account.covers.get(site)
-        seq = covered[1] if covered is not None and covered[0] == epoch else 0
-        _account(conn, msgspec.structs.replace(account, covers_seq=seq))
-        return
-    struct, writer = WRITERS[entity]
-    writer(conn, msgspec.json.decode(raw, type=struct))
+    try:
+        if entity == "account":
+            account = msgspec.json.decode(raw, type=FeedAccount)
+            covered = account.covers.get(site)
+            seq = covered[1] if covered is not None and covered[0] == epoch else 0
+            _account(conn, msgspec.structs.replace(account, covers_seq=seq))
+            return
+        if entity not in WRITERS:
+            raise MessageError(f"feed entity {entity!r} is not kept at the edge")
+        struct, writer = WRITERS[entity]
+        writer(conn, msgspec.json.decode(raw, type=struct))
+    except msgspec.ValidationError as exc:
+        raise MessageError(f"feed {entity}: {exc}") from None
 
 
 def delete_from_feed(conn: sqlite3.Connection, entity: str, key: str) -> None:
@@ -197,6 +206,8 @@ def delete_from_feed(conn: sqlite3.Connection, entity: str, key: str) -> None:
     if entity == "policy":
         conn.execute("DELETE FROM policy")
         return
+    if entity not in _TABLES:
+        raise MessageError(f"feed entity {entity!r} is not kept at the edge")
     table, column = _TABLES[entity]
     conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,))  # noqa: S608 - fixed names
 

@@ -95,3 +95,12 @@ def test_deletes_and_snapshot_clearing(conn):
     assert conn.execute("SELECT count(*) FROM access_grants").fetchone() == (0,)
     clear_master(conn)
     assert conn.execute("SELECT count(*) FROM persons").fetchone() == (0,)
+
+
+def test_a_feed_row_the_edge_cannot_take_is_a_message_error_not_a_crash(conn):
+    from protocol.errors import MessageError
+
+    with pytest.raises(MessageError, match="not kept at the edge"):
+        upsert_from_feed(conn, "site_config", {"x": 1}, site=SITE, epoch=EPOCH)
+    with pytest.raises(MessageError, match="feed person"):
+        upsert_from_feed(conn, "person", {"id": 5}, site=SITE, epoch=EPOCH)
