@@ -6,22 +6,13 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import UTC, datetime
 from importlib.metadata import version as _dist_version
 from pathlib import Path
-from typing import Any
 
 import click
 
-DB_OPTION = click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("/var/lib/onecard-central/central.db"),
-    show_default=True,
-    envvar="ONECARD_CENTRAL_DB",
-    help="central's SQLite database",
-)
+from central.cli_common import DB_OPTION, run_op
+
 BROKER_DIR_OPTION = click.option(
     "--broker-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -32,14 +23,11 @@ BROKER_DIR_OPTION = click.option(
 )
 
 
-def _run_op(db_path: Path, op: Any) -> Any:
-    from central.adapters.sqlite_store import CentralStore
-
-    async def go() -> Any:
-        async with CentralStore.open(db_path) as store:
-            return await store.run(op)
-
-    return asyncio.run(go())
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"{text!r}: use HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +72,13 @@ def version() -> None:
     envvar="ONECARD_BROKER_CA",
     help="the broker's CA certificate",
 )
+@click.option(
+    "--http",
+    "http",
+    envvar="ONECARD_HTTP",
+    metavar="HOST:PORT",
+    help="serve the JSON API (/api/v1) there, e.g. 127.0.0.1:8080",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     db_path: Path,
@@ -91,9 +86,11 @@ def serve(
     username: str,
     password_file: Path | None,
     ca_file: Path | None,
+    http: str | None,
     log_level: str,
 ) -> None:
-    """Run central: ingest records, publish acks, feed and blacklist, until SIGTERM."""
+    """Run central: ingest records, publish acks, feed and blacklist, and the API, until
+    SIGTERM."""
     from central.adapters.sqlite_store import CentralStore
     from central.service import CentralService
     from edge_agent.adapters.mqtt_client import BrokerSettings
@@ -107,13 +104,27 @@ def serve(
         ca_file=ca_file,
     )
 
+    listen = _host_port(http) if http else None
+
     async def go() -> None:
+        from central.api import api_server
+
         async with CentralStore.open(db_path) as store:
             service = CentralService(store, broker)
+            server = api_server(store, *listen) if listen else None
+
+            def stop() -> None:
+                service.stop()
+                if server is not None:
+                    server.should_exit = True
+
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, service.stop)
-            await service.run()
+                loop.add_signal_handler(sig, stop)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(service.run())
+                if server is not None:
+                    tasks.create_task(server.serve())
 
     asyncio.run(go())
 
@@ -136,7 +147,7 @@ def seed(db_path: Path, seed_file: Path, batch: str | None) -> None:
         data = msgspec.json.decode(seed_file.read_bytes(), type=CentralSeed)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise click.ClickException(f"{seed_file}: {exc}") from None
-    counts = _run_op(db_path, lambda conn: apply_seed(conn, data, batch=batch or seed_file.name))
+    counts = run_op(db_path, lambda conn: apply_seed(conn, data, batch=batch or seed_file.name))
     click.echo(f"{seed_file}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
@@ -186,7 +197,7 @@ def site_add(site_id: str, db_path: Path, broker_dir: Path, url: str, out: Path 
         bundle = add_site(broker_dir, site_id, broker_url=url, out=out)
     except ProvisionError as exc:
         raise click.ClickException(str(exc)) from None
-    _run_op(db_path, lambda conn: register_site(conn, site_id))
+    run_op(db_path, lambda conn: register_site(conn, site_id))
     click.echo(f"site {site_id} created; bundle {bundle} (reload mosquitto: kill -HUP)")
 
 
@@ -204,7 +215,7 @@ def site_remove(site_id: str, db_path: Path, broker_dir: Path) -> None:
         revoke(broker_dir, site_id)
     except ProvisionError as exc:
         raise click.ClickException(str(exc)) from None
-    _run_op(db_path, lambda conn: remove_site(conn, site_id))
+    run_op(db_path, lambda conn: remove_site(conn, site_id))
     click.echo(f"site {site_id} removed (reload mosquitto: kill -HUP)")
 
 
@@ -228,7 +239,7 @@ def site_rotate(site_id: str, broker_dir: Path, url: str, out: Path | None) -> N
 @DB_OPTION
 def site_list(db_path: Path) -> None:
     """Sites with online state, versions and outbox."""
-    rows = _run_op(
+    rows = run_op(
         db_path,
         lambda conn: conn.execute(
             "SELECT id, removed, online, version, feed_version, blacklist_version, outbox_depth"
@@ -243,32 +254,12 @@ def site_list(db_path: Path) -> None:
         )
 
 
-@main.group()
-def card() -> None:
-    """Card operations (more arrive with the money-operations work)."""
-
-
-@card.command("lost")
-@click.argument("uid")
-@DB_OPTION
-def card_lost(uid: str, db_path: Path) -> None:
-    """Report card UID lost (挂失): blacklisted at every site from now."""
-    from central.master import MasterDataError, report_lost
-
-    at = datetime.now(UTC)
-    try:
-        delta = _run_op(db_path, lambda conn: report_lost(conn, uid.upper(), at=at))
-    except MasterDataError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"card {uid.upper()} reported lost at {at.isoformat()}; blacklist v{delta.version}")
-
-
 @main.command()
 @DB_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def balances(db_path: Path, as_json: bool) -> None:
     """Every account's purses and the ledger sums they must equal."""
-    rows = _run_op(
+    rows = run_op(
         db_path,
         lambda conn: conn.execute(
             "SELECT a.person_id, a.cash_fen, a.subsidy_fen,"
@@ -286,3 +277,13 @@ def balances(db_path: Path, as_json: bool) -> None:
         bad += bool(mark)
         click.echo(f"{pid:<16} cash {cash:>10} subsidy {subsidy:>8}{mark}")
     sys.exit(1 if bad else 0)
+
+
+def _add_operation_commands() -> None:
+    from central.cli_ops import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_operation_commands()

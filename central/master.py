@@ -66,6 +66,29 @@ def upsert(conn: sqlite3.Connection, scope: str, entity: str, key: str, data: by
     return version
 
 
+def upsert_rendered(conn: sqlite3.Connection, entity: str, key: str, data: bytes) -> int:
+    """A global row written by an operation: stored as given, but published as the sites
+    must see it — an account with its purses (ledger sums) and ``covers``, a count ticket
+    net of its uses. Returns the change version."""
+    conn.execute(
+        "INSERT INTO master (scope, entity, key, data, version) VALUES ('', ?, ?, ?, 0)"
+        " ON CONFLICT (scope, entity, key) DO UPDATE SET data = excluded.data",
+        (entity, key, data.decode()),
+    )
+    if entity == "account":
+        shown = render_account(conn, key)
+    elif entity == "ticket":
+        shown = render_ticket(conn, _dict.decode(data))
+    else:
+        shown = data
+    version = _change(conn, "", entity, key, "upsert", shown)
+    conn.execute(
+        "UPDATE master SET version = ? WHERE scope = '' AND entity = ? AND key = ?",
+        (version, entity, key),
+    )
+    return version
+
+
 def delete(conn: sqlite3.Connection, scope: str, entity: str, key: str) -> int:
     """Remove an entity; returns the change version."""
     version = _change(conn, scope, entity, key, "delete", None)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
 from central.adapters.sqlite_schema import MIGRATIONS
 from edge_agent.adapters.sqlite_migrations import migrate
 from edge_agent.adapters.sqlite_store import GroupCommitDB, StoreError, StoreUnavailableError
@@ -32,4 +33,4 @@ class CentralStore(GroupCommitDB):
 
     def migrate(self, conn: sqlite3.Connection) -> None:
         """Central's numbered migrations."""
-        migrate(conn, MIGRATIONS)
+        migrate(conn, MIGRATIONS + OPS_MIGRATIONS)

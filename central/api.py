@@ -1,0 +1,341 @@
+"""HQ's JSON API, ``/api/v1/…`` (Starlette), served by ``onecard-central serve --http``.
+
+Every call carries ``Authorization: Bearer <token>`` (``onecard-central token add``); the
+token's name is the operator and its role decides what it may do. Operations are one
+endpoint, ``POST /api/v1/operations``, whose JSON body is any operation request tagged by
+``op`` (``card.issue``, ``money.recharge`` …, see ``docs/operations.md``); the operator and
+source (``hq:api``) come from the token, never from the body. The answer is the operation's
+result: 200 ``{"outcome": "accepted", …}`` or 422 ``{"outcome": "rejected", "reason_code"
+…}``; a retry with the same ``request_id`` gets the same answer and the header
+``Idempotent-Replayed: true``.
+
+Errors are JSON ``{"error": {"code", "message"}}`` with 400 (bad JSON or fields), 401
+(no or unknown token), 403 (role), 404, 409 (state conflict), 413 (body too large); each is
+counted in ``app.state.stats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from central import operations, queries
+from central.adapters.sqlite_store import CentralStore
+from central.core.effects import Accepted
+from central.core.operations import AnyRequest
+from central.core.state import CardType, Policy
+
+#: Largest request body accepted (a member file or statement goes through the CLI if larger).
+MAX_BODY = 8 * 1024 * 1024
+#: Who may run operations, read people, …
+OPERATE = frozenset({"admin", "operator"})
+READ_PEOPLE = frozenset({"admin", "operator", "finance", "auditor"})
+READ_AUDIT = frozenset({"admin", "auditor"})
+HANDLE_ANOMALIES = frozenset({"admin", "operator", "finance"})
+ADMIN = frozenset({"admin"})
+
+_request_decoder = msgspec.json.Decoder(AnyRequest)
+
+
+class ApiError(Exception):
+    """An error answered as JSON."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Identity:
+    """The caller behind a token."""
+
+    name: str
+    role: str
+    ip: str | None
+
+
+@dataclass
+class ApiState:
+    """Counters of the API (bad input is counted, by error code)."""
+
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        """Bump a counter."""
+        self.stats[name] = self.stats.get(name, 0) + 1
+
+
+T = TypeVar("T")
+Handler = Callable[[Request, Identity], Awaitable[Response]]
+
+
+def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlette:
+    """The API over ``store``."""
+    api = _Endpoints(store, state or ApiState())
+    guarded = api.guarded
+    routes = [
+        Route("/api/v1/operations", guarded(OPERATE, api.run_operation), methods=["POST"]),
+        Route("/api/v1/persons", guarded(READ_PEOPLE, api.search), methods=["GET"]),
+        Route("/api/v1/persons/{person_id}", guarded(READ_PEOPLE, api.person), methods=["GET"]),
+        Route("/api/v1/cards/{uid}", guarded(READ_PEOPLE, api.card), methods=["GET"]),
+        Route("/api/v1/audit", guarded(READ_AUDIT, api.audit), methods=["GET"]),
+        Route("/api/v1/anomalies", guarded(READ_PEOPLE, api.anomaly_list), methods=["GET"]),
+        Route(
+            "/api/v1/anomalies/{anomaly_id}",
+            guarded(HANDLE_ANOMALIES, api.anomaly_update),
+            methods=["POST"],
+        ),
+        Route("/api/v1/settings", guarded(READ_PEOPLE, api.settings_get), methods=["GET"]),
+        Route("/api/v1/settings", guarded(ADMIN, api.settings_put), methods=["PUT"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.api = api.state
+    return app
+
+
+@dataclass
+class _Endpoints:
+    store: CentralStore
+    state: ApiState
+
+    def guarded(
+        self, roles: frozenset[str], handler: Handler
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind authentication and a role check; errors answered as JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                who = await _authenticate(self.store, request)
+                _allow(who, roles, request)
+                return await handler(request, who)
+            except ApiError as exc:
+                self.state.count(f"api_error_{exc.code}")
+                return _error(exc.status, exc.code, exc.message)
+
+        return endpoint
+
+    async def run_operation(self, request: Request, who: Identity) -> Response:
+        body = await _body(request)
+        try:
+            fields = msgspec.json.decode(body, type=dict[str, Any])
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
+        fields.update(operator=who.name, source="hq:api")
+        try:
+            op: AnyRequest = _request_decoder.decode(msgspec.json.encode(fields))
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        caller = operations.Caller(role=who.role, ip=who.ip)
+        outcome = await self.store.run(lambda conn: operations.execute(conn, op, caller=caller))
+        result = outcome.result
+        accepted = isinstance(result, Accepted)
+        self.state.count("operations_" + ("accepted" if accepted else "rejected"))
+        return Response(
+            msgspec.json.encode(result),
+            status_code=200 if accepted else 422,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"} if outcome.replayed else {},
+        )
+
+    async def search(self, request: Request, _who: Identity) -> Response:
+        q = request.query_params.get("q", "")
+        limit = _int(request, "limit", 50)
+        found = await self.store.run(lambda conn: queries.search_persons(conn, q, limit=limit))
+        return JSONResponse({"persons": found})
+
+    async def person(self, request: Request, _who: Identity) -> Response:
+        pid = request.path_params["person_id"]
+        return JSONResponse(await _found(self.store.run(lambda c: queries.person_view(c, pid))))
+
+    async def card(self, request: Request, _who: Identity) -> Response:
+        uid = request.path_params["uid"]
+        return JSONResponse(await _found(self.store.run(lambda c: queries.card_view(c, uid))))
+
+    async def audit(self, request: Request, _who: Identity) -> Response:
+        p = request.query_params
+        before_id, limit = _int(request, "before_id", None), _int(request, "limit", 100)
+        rows = await self.store.run(
+            lambda conn: queries.audit_log(
+                conn,
+                operator=p.get("operator"),
+                action=p.get("action"),
+                target=p.get("target"),
+                outcome=p.get("outcome"),
+                before_id=before_id,
+                limit=limit,
+            )
+        )
+        return JSONResponse({"audit": rows})
+
+    async def anomaly_list(self, request: Request, _who: Identity) -> Response:
+        p = request.query_params
+        limit = _int(request, "limit", 100)
+        rows = await self.store.run(
+            lambda conn: queries.anomalies(
+                conn, state=p.get("state"), kind=p.get("kind"), site=p.get("site"), limit=limit
+            )
+        )
+        return JSONResponse({"anomalies": rows})
+
+    async def anomaly_update(self, request: Request, who: Identity) -> Response:
+        change = _decode(await _body(request), _AnomalyChange)
+        aid = _path_int(request, "anomaly_id")
+        row = await _found(
+            self.store.run(
+                lambda conn: queries.set_anomaly_state(
+                    conn,
+                    aid,
+                    change.state,
+                    operator=who.name,
+                    source="hq:api",
+                    note=change.note,
+                    role=who.role,
+                    ip=who.ip,
+                )
+            )
+        )
+        return JSONResponse(row)
+
+    async def settings_get(self, _request: Request, _who: Identity) -> Response:
+        def read(conn: Any) -> dict[str, Any]:
+            return {
+                "policy": msgspec.to_builtins(operations.load_policy(conn)),
+                "card_types": [
+                    msgspec.to_builtins(t) for t in operations.load_card_types(conn).values()
+                ],
+            }
+
+        return JSONResponse(await self.store.run(read))
+
+    async def settings_put(self, request: Request, who: Identity) -> Response:
+        new = _decode(await _body(request), _Settings)
+        try:
+            await self.store.run(
+                lambda conn: operations.change_settings(
+                    conn,
+                    policy=new.policy,
+                    card_types=new.card_types,
+                    operator=who.name,
+                    source="hq:api",
+                    role=who.role,
+                    ip=who.ip,
+                )
+            )
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        return await self.settings_get(request, who)
+
+
+def _allow(who: Identity, roles: frozenset[str], request: Request) -> None:
+    if who.role not in roles:
+        raise ApiError(403, "forbidden", f"role {who.role} may not {request.method} this")
+
+
+def _decode(body: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+
+
+class _AnomalyChange(msgspec.Struct, forbid_unknown_fields=True):
+    state: queries.AnomalyState
+    note: str = ""
+
+
+class _Settings(msgspec.Struct, forbid_unknown_fields=True):
+    policy: Policy | None = None
+    card_types: list[CardType] | None = None
+
+
+async def _authenticate(store: CentralStore, request: Request) -> Identity:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
+    found = await store.run(lambda conn: queries.token_identity(conn, token.strip()))
+    if found is None:
+        raise ApiError(401, "unauthenticated", "unknown or revoked token")
+    name, role = found
+    return Identity(name=name, role=role, ip=request.client.host if request.client else None)
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _found(pending: Awaitable[Any]) -> Any:
+    try:
+        return await pending
+    except queries.NotFoundError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except queries.ConflictError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+
+
+def _int(request: Request, name: str, default: int | None) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be an integer") from None
+
+
+def _path_int(request: Request, name: str) -> int:
+    try:
+        return int(request.path_params[name])
+    except ValueError:
+        raise ApiError(404, "not_found", f"no {name} {request.path_params[name]}") from None
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: ``onecard-central serve`` owns SIGTERM/SIGINT and
+    stops the API and the MQTT service together (``should_exit``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave signals to the caller."""
+        yield
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (useful with port 0)."""
+        return int(self.servers[0].sockets[0].getsockname()[1])
+
+
+def api_server(store: CentralStore, host: str, port: int) -> ApiServer:
+    """A server for the API on ``host:port`` (run it with ``await server.serve()``)."""
+    config = uvicorn.Config(
+        create_app(store),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    return ApiServer(config)

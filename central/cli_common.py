@@ -1,0 +1,30 @@
+"""What ``onecard-central``'s command modules share."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+
+DB_OPTION = click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/lib/onecard-central/central.db"),
+    show_default=True,
+    envvar="ONECARD_CENTRAL_DB",
+    help="central's SQLite database",
+)
+
+
+def run_op(db_path: Path, op: Any) -> Any:
+    """Run ``op`` as one store operation on the database at ``db_path``."""
+    from central.adapters.sqlite_store import CentralStore
+
+    async def go() -> Any:
+        async with CentralStore.open(db_path) as store:
+            return await store.run(op)
+
+    return asyncio.run(go())
