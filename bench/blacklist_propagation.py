@@ -17,8 +17,8 @@ What it does, against one private mosquitto (TLS, ACL, passwords; ``tests/centra
    protocol traffic and the same per-site store work. The run starts once central shows
    every site online and every site has applied its initial snapshot.
 3. **Rounds** — ``--rounds`` times, ``--gap`` seconds apart, the bench reports one more card
-   lost with ``central.master.report_lost`` in a central store operation on central's
-   database: the code path of ``onecard-central card lost`` and the API. Central's
+   lost with ``POST /api/v1/operations`` (``card.report_lost``) on central's JSON API, as
+   an HQ operator's token: the timer starts before the HTTP call. Central's
    publisher loop (every 0.1 s) broadcasts the delta on ``broadcast/blacklist``. Each site's
    latency is the time from the call until its ``blacklist`` table holds the UID, seen by
    polling every site's database read-only (one sweep of all pending sites, then a short
@@ -45,15 +45,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "central"))
 
+import httpx
 import msgspec
-from broker import bundle_password, private_broker
+from broker import bundle_password, free_port, private_broker
 
 # The process helpers are shared with the other sync benchmark (this directory is on sys.path
 # when a bench script runs).
@@ -68,8 +68,9 @@ from sync_drain import (
     wait_central_online,
 )
 
+from central import queries
 from central.adapters.sqlite_store import CentralStore
-from central.master import CentralSeed, apply_seed, head_version, report_lost
+from central.master import CentralSeed, apply_seed, head_version
 from central.provision import add_site
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.config import EdgeConfig, MqttConfig, TerminalsConfig
@@ -125,12 +126,14 @@ def provision(broker: Any, sites: list[str], work: Path) -> dict[str, Path]:
     return dirs
 
 
-async def seed_central(db: Path, seed: dict[str, Any]) -> int:
-    """Load the seed; return the feed head every site's snapshot will carry."""
+async def seed_central(db: Path, seed: dict[str, Any]) -> tuple[int, str]:
+    """Load the seed; return the feed head every site's snapshot will carry, and an
+    operator's API token."""
     data = msgspec.convert(seed, CentralSeed)
     async with CentralStore.open(db) as store:
         await store.run(lambda conn: apply_seed(conn, data, batch="bench"))
-        return await store.run(head_version)
+        token = await store.run(lambda conn: queries.add_token(conn, "bench", "operator"))
+        return await store.run(head_version), token
 
 
 def start_workers(
@@ -275,8 +278,8 @@ class Monitor:
                     self.seen.setdefault(int(version), now)
 
 
-async def run_rounds(
-    broker: Any, central_db: Path, dbs: dict[str, Path], uids: list[str], gap: float
+async def run_rounds(  # noqa: PLR0917 - the run's parts
+    broker: Any, api: str, token: str, dbs: dict[str, Path], uids: list[str], gap: float
 ) -> tuple[list[Round], float]:
     """Report each card lost in turn and time its arrival at every site; also returns the
     mean time of one sweep over all sites' databases (the polling resolution)."""
@@ -288,17 +291,20 @@ async def run_rounds(
     rounds: list[Round] = []
     sweeps = sweep_time = 0.0
     try:
-        async with asyncio.TaskGroup() as group, CentralStore.open(central_db) as store:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with asyncio.TaskGroup() as group, httpx.AsyncClient(base_url=api) as http:
             watcher = group.create_task(monitor.run(baseline_settings(broker)))
             await asyncio.wait_for(monitor.ready.wait(), 10)
             for uid in uids:
                 await asyncio.sleep(gap)
                 result = Round(uid=uid)
-                at = datetime.now(UTC)
+                body = {"op": "card.report_lost", "request_id": f"lost-{uid}", "card_uid": uid}
                 started = time.monotonic()
-                delta = await store.run(lambda conn, uid=uid, at=at: report_lost(conn, uid, at=at))
+                answer = await http.post("/api/v1/operations", json=body, headers=headers)
                 result.commit_s = time.monotonic() - started
-                result.version = delta.version
+                if answer.status_code != 200:
+                    raise SystemExit(f"report lost {uid}: {answer.status_code} {answer.text}")
+                result.version = int(answer.headers["blacklist-version"])
                 pending = dict(conns)
                 deadline = started + ROUND_TIMEOUT_S
                 while pending and time.monotonic() < deadline:
@@ -312,7 +318,7 @@ async def run_rounds(
                     sweeps += 1
                     await asyncio.sleep(POLL_S)
                 result.missing = len(pending)
-                seen = monitor.seen.get(delta.version)
+                seen = monitor.seen.get(result.version)
                 result.broadcast_s = None if seen is None else seen - started
                 rounds.append(result)
                 print(
@@ -455,7 +461,8 @@ def run(broker: Any, work: Path, args: argparse.Namespace) -> None:
     central_db = work / "central.db"
     started = time.monotonic()
     dirs = provision(broker, sites, work)
-    head = asyncio.run(seed_central(central_db, central_seed(sites, uids)))
+    head, token = asyncio.run(seed_central(central_db, central_seed(sites, uids)))
+    api_port = free_port()
     print(f"provisioned {len(sites)} sites in {time.monotonic() - started:.1f} s", flush=True)
     central_cmd = [
         *venv_command("onecard-central"),
@@ -470,6 +477,8 @@ def run(broker: Any, work: Path, args: argparse.Namespace) -> None:
         str(broker.dir.ca_cert),
         "--log-level",
         "warning",
+        "--http",
+        f"127.0.0.1:{api_port}",
     ]
     with running(central_cmd, work / "central.log") as central:
         asyncio.run(wait_central_online(broker, time.time()))
@@ -482,7 +491,14 @@ def run(broker: Any, work: Path, args: argparse.Namespace) -> None:
             pids |= {f"worker{i}": p.pid for i, p in enumerate(procs)}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             rounds, sweep_s = asyncio.run(
-                run_rounds(broker, central_db, dbs, uids[: args.rounds], args.gap)
+                run_rounds(
+                    broker,
+                    f"http://127.0.0.1:{api_port}",
+                    token,
+                    dbs,
+                    uids[: args.rounds],
+                    args.gap,
+                )
             )
             after = {name: cpu_seconds(pid) for name, pid in pids.items()}
             cpu = {

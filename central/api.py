@@ -7,7 +7,8 @@ endpoint, ``POST /api/v1/operations``, whose JSON body is any operation request 
 source (``hq:api``) come from the token, never from the body. The answer is the operation's
 result: 200 ``{"outcome": "accepted", …}`` or 422 ``{"outcome": "rejected", "reason_code"
 …}``; a retry with the same ``request_id`` gets the same answer and the header
-``Idempotent-Replayed: true``.
+``Idempotent-Replayed: true``. An operation that changed the blacklist says which version
+in the header ``Blacklist-Version``.
 
 Errors are JSON ``{"error": {"code", "message"}}`` with 400 (bad JSON or fields), 401
 (no or unknown token), 403 (role), 404, 409 (state conflict), 413 (body too large); each is
@@ -139,11 +140,14 @@ class _Endpoints:
         result = outcome.result
         accepted = isinstance(result, Accepted)
         self.state.count("operations_" + ("accepted" if accepted else "rejected"))
+        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+        if outcome.blacklist_version is not None:
+            headers["Blacklist-Version"] = str(outcome.blacklist_version)
         return Response(
             msgspec.json.encode(result),
             status_code=200 if accepted else 422,
             media_type="application/json",
-            headers={"Idempotent-Replayed": "true"} if outcome.replayed else {},
+            headers=headers,
         )
 
     async def search(self, request: Request, _who: Identity) -> Response:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from msgspec import Struct
 
-from edge_agent.core.model import Account, Card, Ticket
+from edge_agent.core.model import Account, Card, Person, Ticket
 from protocol.messages import BlacklistChange, RechargeMethod
 
 #: Why an operation was refused. Stable strings: the API returns them and clients branch
@@ -74,6 +74,7 @@ PostingKind = Literal[
     "correction",  # 消费更正: part of a purchase given back
     "refund",  # goods returned: part of a purchase given back
     "ticket_sale",  # the price of a count or period ticket (cash purse)
+    "opening",  # 期初余额: a balance carried over from the previous system by an import
 ]
 
 Scalar = str | int | bool | None
@@ -107,6 +108,22 @@ class Posting(Struct, frozen=True, kw_only=True):
     card_uid: str | None = None
     method: RechargeMethod | None = None
     pay_ref: str | None = None
+
+
+class PutPerson(Struct, frozen=True, kw_only=True, tag="person"):
+    """Upsert of a person row (key: person id)."""
+
+    person: Person
+
+    @property
+    def entity(self) -> str:
+        """The ``master`` table's entity name."""
+        return "person"
+
+    @property
+    def key(self) -> str:
+        """The ``master`` table's key."""
+        return self.person.id
 
 
 class PutCard(Struct, frozen=True, kw_only=True, tag="card"):
@@ -161,7 +178,7 @@ class PutTicket(Struct, frozen=True, kw_only=True, tag="ticket"):
         return self.ticket.id
 
 
-MasterWrite = PutCard | PutAccount | PutTicket
+MasterWrite = PutPerson | PutCard | PutAccount | PutTicket
 
 
 class AuditEntry(Struct, frozen=True, kw_only=True):
