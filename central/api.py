@@ -29,9 +29,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from central import operations, queries
+from central import imports, operations, queries
 from central.adapters.sqlite_store import CentralStore
 from central.core.effects import Accepted
+from central.core.members import report_json
 from central.core.operations import AnyRequest
 from central.core.state import CardType, Policy
 
@@ -95,6 +96,7 @@ def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlet
             guarded(HANDLE_ANOMALIES, api.anomaly_update),
             methods=["POST"],
         ),
+        Route("/api/v1/imports/members", guarded(OPERATE, api.import_members), methods=["POST"]),
         Route("/api/v1/settings", guarded(READ_PEOPLE, api.settings_get), methods=["GET"]),
         Route("/api/v1/settings", guarded(ADMIN, api.settings_put), methods=["PUT"]),
     ]
@@ -208,6 +210,30 @@ class _Endpoints:
             )
         )
         return JSONResponse(row)
+
+    async def import_members(self, request: Request, who: Identity) -> Response:
+        """The body is the file's bytes; ``?filename=…&batch=…&dry_run=1&timezone=…``.
+        200 with the report when applied (or a clean dry run), 422 when the file has
+        errors (nothing imported)."""
+        data = await _body(request)
+        p = request.query_params
+        dry_run = p.get("dry_run", "0").lower() in {"1", "true", "yes"}
+        try:
+            plan = await self.store.run(
+                lambda conn: imports.import_members(
+                    conn,
+                    data,
+                    p.get("filename", "upload"),
+                    operator=who.name,
+                    batch_id=p.get("batch"),
+                    dry_run=dry_run,
+                    timezone=p.get("timezone", "Asia/Shanghai"),
+                )
+            )
+        except (ValueError, KeyError) as exc:  # bad batch id or time zone
+            raise ApiError(400, "invalid_request", str(exc)) from None
+        body = {"applied": plan.ok and not dry_run, **msgspec.json.decode(report_json(plan))}
+        return JSONResponse(body, status_code=200 if plan.ok else 422)
 
     async def settings_get(self, _request: Request, _who: Identity) -> Response:
         def read(conn: Any) -> dict[str, Any]:

@@ -724,7 +724,68 @@ def token_revoke(name: str, db_path: Path) -> None:
     click.echo(f"token {name} revoked")
 
 
+# -- imports ----------------------------------------------------------------------------------
+
+
+@click.group("import")
+def import_group() -> None:
+    """Bring data from the previous system."""
+
+
+@import_group.command("members")
+@click.argument("member_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="check and report; change nothing")
+@click.option(
+    "--batch",
+    "batch_id",
+    help="import batch id (default: from the file's content, so a re-run is the same batch)",
+)
+@click.option(
+    "--timezone", default="Asia/Shanghai", show_default=True, help="for dates in the file"
+)
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON")
+@click.option("--operator", default=_who, show_default="login user")
+@DB_OPTION
+def import_members(
+    member_file: Path,
+    dry_run: bool,
+    batch_id: str | None,
+    timezone: str,
+    as_json: bool,
+    operator: str,
+    db_path: Path,
+) -> None:
+    """Persons, cards, opening balances and tickets from a CSV (UTF-8 or GBK) or XLSX
+    file. All or nothing; exits 1 if the file has errors (nothing is imported)."""
+    from central.core.members import report_json, report_text
+    from central.imports import import_members as run_import
+
+    data = member_file.read_bytes()
+    try:
+        plan = _run(
+            db_path,
+            lambda conn: run_import(
+                conn,
+                data,
+                member_file.name,
+                operator=operator,
+                batch_id=batch_id,
+                dry_run=dry_run,
+                timezone=timezone,
+            ),
+        )
+    except ValueError as exc:  # a bad --batch or --timezone
+        raise click.ClickException(str(exc)) from None
+    click.echo(report_json(plan) if as_json else report_text(plan))
+    if not as_json:
+        verdict = "dry run: nothing changed" if dry_run else "imported" if plan.ok else "refused"
+        click.echo(f"{verdict} (batch {plan.batch_id})")
+    if not plan.ok:
+        sys.exit(1)
+
+
 COMMANDS = (
+    import_group,
     op_command,
     card,
     money,

@@ -227,3 +227,20 @@ async def test_only_an_admin_changes_settings_and_it_is_audited(api):
     assert refused.json()["reason_code"] == "person_has_card"  # one live card per person
     audit = await api.http.get("/api/v1/audit?action=settings.change", headers=api.auth("admin"))
     assert audit.json()["audit"][0]["operator"] == "admin-1"
+
+
+async def test_a_member_file_is_checked_then_imported_through_the_api(api):
+    data = "person_id,name,card_uid,cash\nP9,赵六,04D0D0D0,88.00\n".encode("gbk")
+    url = "/api/v1/imports/members?filename=m.csv&batch=b1"
+    dry = await api.http.post(url + "&dry_run=1", content=data, headers=api.auth("operator"))
+    assert dry.status_code == 200 and dry.json()["applied"] is False
+    assert dry.json()["encoding"] == "gb18030"
+    done = await api.http.post(url, content=data, headers=api.auth("operator"))
+    assert done.status_code == 200 and done.json()["applied"] is True
+    person = (await api.http.get("/api/v1/persons/P9", headers=api.auth("operator"))).json()
+    assert (person["person"]["name"], person["balance"]["cash_fen"]) == ("赵六", 8800)
+    bad = await api.http.post(url, content=b"name\nnobody\n", headers=api.auth("operator"))
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["code"] == "columns_missing"
+    denied = await api.http.post(url, content=data, headers=api.auth("finance"))
+    assert denied.status_code == 403
