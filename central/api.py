@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -29,11 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from central import imports, operations, queries
+from central import finance, imports, operations, queries
 from central.adapters.sqlite_store import CentralStore
+from central.core.clearing import DayReport, settlement_csv
+from central.core.clearing import to_csv as clearing_csv
+from central.core.clearing import to_json as clearing_json
 from central.core.effects import Accepted
 from central.core.members import report_json
 from central.core.operations import AnyRequest
+from central.core.reconcile import StatementError
 from central.core.state import CardType, Policy
 
 #: Largest request body accepted (a member file or statement goes through the CLI if larger).
@@ -42,6 +47,8 @@ MAX_BODY = 8 * 1024 * 1024
 OPERATE = frozenset({"admin", "operator"})
 READ_PEOPLE = frozenset({"admin", "operator", "finance", "auditor"})
 READ_AUDIT = frozenset({"admin", "auditor"})
+FINANCE = frozenset({"admin", "finance"})
+READ_FINANCE = frozenset({"admin", "finance", "auditor"})
 HANDLE_ANOMALIES = frozenset({"admin", "operator", "finance"})
 ADMIN = frozenset({"admin"})
 
@@ -97,6 +104,9 @@ def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlet
             methods=["POST"],
         ),
         Route("/api/v1/imports/members", guarded(OPERATE, api.import_members), methods=["POST"]),
+        Route("/api/v1/clearing", guarded(READ_FINANCE, api.clearing), methods=["GET"]),
+        Route("/api/v1/settlement", guarded(READ_FINANCE, api.settlement), methods=["GET"]),
+        Route("/api/v1/reconciliations", guarded(FINANCE, api.reconciliation), methods=["POST"]),
         Route("/api/v1/settings", guarded(READ_PEOPLE, api.settings_get), methods=["GET"]),
         Route("/api/v1/settings", guarded(ADMIN, api.settings_put), methods=["PUT"]),
     ]
@@ -235,6 +245,60 @@ class _Endpoints:
         body = {"applied": plan.ok and not dry_run, **msgspec.json.decode(report_json(plan))}
         return JSONResponse(body, status_code=200 if plan.ok else 422)
 
+    async def clearing(self, request: Request, _who: Identity) -> Response:
+        """``?day=YYYY-MM-DD[&site=S|&site=HQ][&format=csv]``: the day's reports (every
+        site and HQ by default), cleared now (a new revision if late records arrived)."""
+        day = _date(request, "day")
+        site = request.query_params.get("site")
+
+        def run(conn: Any) -> list[DayReport]:
+            if site == "HQ":
+                return [finance.clear(conn, None, day)]
+            if site:
+                return [finance.clear(conn, site, day)]
+            return finance.clear_all(conn, day)
+
+        reports = await self.store.run(run)
+        if request.query_params.get("format") == "csv":
+            return _csv(clearing_csv(reports), f"clearing-{day}.csv")
+        return Response(
+            b"[" + b",".join(clearing_json(r) for r in reports) + b"]",
+            media_type="application/json",
+        )
+
+    async def settlement(self, request: Request, _who: Identity) -> Response:
+        """``?from=…&to=…[&format=csv]``: HQ's settlement list over those days."""
+        first, last = _date(request, "from"), _date(request, "to")
+        if last < first or (last - first).days > 92:
+            raise ApiError(400, "invalid_request", "from..to must be 1 to 93 days")
+        result = await self.store.run(lambda conn: finance.settlement(conn, first, last))
+        if request.query_params.get("format") == "csv":
+            return _csv(settlement_csv(result), f"settlement-{first}-{last}.csv")
+        return Response(msgspec.json.encode(result), media_type="application/json")
+
+    async def reconciliation(self, request: Request, who: Identity) -> Response:
+        """The body is the statement file; ``?filename=…&apply=1&grace_minutes=30``."""
+        data = await _body(request)
+        p = request.query_params
+        apply = p.get("apply", "0").lower() in {"1", "true", "yes"}
+        grace = timedelta(minutes=_int(request, "grace_minutes", 30))
+        try:
+            run = await self.store.run(
+                lambda conn: finance.reconcile_statement(
+                    conn,
+                    data,
+                    p.get("filename", "statement.csv"),
+                    operator=who.name,
+                    source="hq:api",
+                    apply=apply,
+                    grace=grace,
+                    timezone=p.get("timezone", "Asia/Shanghai"),
+                )
+            )
+        except StatementError as exc:
+            raise ApiError(400, "invalid_statement", str(exc)) from None
+        return Response(msgspec.json.encode(run), media_type="application/json")
+
     async def settings_get(self, _request: Request, _who: Identity) -> Response:
         def read(conn: Any) -> dict[str, Any]:
             return {
@@ -329,6 +393,22 @@ def _int(request: Request, name: str, default: int | None) -> Any:
         return int(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", f"{name} must be an integer") from None
+
+
+def _date(request: Request, name: str) -> date:
+    raw = request.query_params.get(name)
+    try:
+        return date.fromisoformat(raw or "")
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be a date YYYY-MM-DD") from None
+
+
+def _csv(data: bytes, filename: str) -> Response:
+    return Response(
+        data,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def _path_int(request: Request, name: str) -> int:

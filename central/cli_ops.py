@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import click
 import msgspec
 
 from central.cli_common import DB_OPTION, run_op
+from central.core.clearing import format_yuan
 from edge_agent.core.reasons import parse_yuan
 
 
@@ -784,7 +785,182 @@ def import_members(
         sys.exit(1)
 
 
+# -- clearing and reconciliation --------------------------------------------------------------
+
+
+def _day(_ctx: Any, _param: Any, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use YYYY-MM-DD") from None
+
+
+@click.group()
+def clearing() -> None:
+    """日结: daily clearing per site and business day, and the 通存通兑 settlement."""
+
+
+@clearing.command("day")
+@click.option("--date", "day", callback=_day, help="business day YYYY-MM-DD (default: yesterday)")
+@click.option("--site", help="one site (default: every site and HQ)")
+@click.option("--hq", is_flag=True, help="HQ's own desk only")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the Excel-friendly CSV (UTF-8 with BOM) there")  # fmt: skip
+@DB_OPTION
+def clearing_day(
+    day: date | None,
+    site: str | None,
+    hq: bool,
+    as_json: bool,
+    csv_file: Path | None,
+    db_path: Path,
+) -> None:
+    """Clear a business day (again: the same report, or a new revision if late offline
+    records have arrived)."""
+    from central import finance
+    from central.core.clearing import to_csv, to_json
+
+    when = day or (datetime.now(UTC) - timedelta(days=1)).date()
+
+    def run(conn: Any) -> list[Any]:
+        if hq:
+            return [finance.clear(conn, None, when)]
+        if site:
+            return [finance.clear(conn, site, when)]
+        return finance.clear_all(conn, when)
+
+    reports = _run(db_path, run)
+    if csv_file is not None:
+        csv_file.write_bytes(to_csv(reports))
+    if as_json:
+        click.echo("[" + ",".join(to_json(r).decode() for r in reports) + "]")
+        return
+    click.echo(
+        f"{'site':<16} {'rev':>3} {'taken in':>12} {'served':>12} {'net':>12} "
+        f"{'recharge':>12} {'purchases':>12} {'subsidy used':>12}"
+    )
+    for r in reports:
+        t = r.totals
+        click.echo(
+            f"{r.site or 'HQ':<16} {r.revision:>3} {format_yuan(t.taken_in_fen):>12}"
+            f" {format_yuan(t.consumption_fen):>12} {format_yuan(t.net_position_fen):>12}"
+            f" {format_yuan(t.recharge_fen):>12} {format_yuan(t.purchase_fen):>12}"
+            f" {format_yuan(t.subsidy_used_fen):>12}"
+        )
+        for revision in r.revisions:
+            click.echo(f"    revision {revision.revision}: {revision.because}")
+
+
+@clearing.command("settle")
+@click.option("--from", "first", callback=_day, required=True)
+@click.option("--to", "last", callback=_day, required=True)
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@DB_OPTION
+def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: Path) -> None:
+    """HQ's settlement list: what HQ pays each site, or the site remits."""
+    from central import finance
+    from central.core.clearing import settlement_csv
+
+    result = _run(db_path, lambda conn: finance.settlement(conn, first, last))
+    if csv_file is not None:
+        csv_file.write_bytes(settlement_csv(result))
+    for line in result.lines:
+        click.echo(
+            f"{line.site:<16} {line.direction:<18} {format_yuan(abs(line.net_fen)):>12}"
+            f"  (served {format_yuan(line.consumption_fen)},"
+            f" taken in {format_yuan(line.taken_in_fen)})"
+        )
+    click.echo(f"{'HQ':<16} net {format_yuan(result.hq_net_fen)}")
+
+
+@clearing.command("config")
+@click.option("--cutoff-hour", type=click.IntRange(0, 23), required=True,
+              help="the business day starts at this local hour")  # fmt: skip
+@click.option("--timezone", default="Asia/Shanghai", show_default=True, help="HQ's own desk")
+@DB_OPTION
+def clearing_config(cutoff_hour: int, timezone: str, db_path: Path) -> None:
+    """Set the business day's cut-off (sites use their own time zone)."""
+    from central import finance
+    from central.core.clearing import SiteDay
+
+    try:
+        config = SiteDay(timezone=timezone, cutoff_hour=cutoff_hour)
+        _run(db_path, lambda conn: finance.set_clearing_config(conn, config))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"business day starts at {cutoff_hour:02d}:00 local time")
+
+
+@click.command("reconcile")
+@click.argument("statement", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--apply", is_flag=True, help="credit proven 单边账 once and void unproven ones")
+@click.option("--grace-minutes", type=int, default=30, show_default=True)
+@click.option("--timezone", default="Asia/Shanghai", show_default=True)
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--operator", default=_who, show_default="login user")
+@DB_OPTION
+def reconcile_command(
+    statement: Path,
+    apply: bool,
+    grace_minutes: int,
+    timezone: str,
+    csv_file: Path | None,
+    operator: str,
+    db_path: Path,
+) -> None:
+    """对账: match a bank or payment-channel statement CSV against onecard's payments."""
+    from central import finance
+    from central.core.reconcile import StatementError, to_csv
+
+    data = statement.read_bytes()
+    try:
+        run = _run(
+            db_path,
+            lambda conn: finance.reconcile_statement(
+                conn,
+                data,
+                statement.name,
+                operator=operator,
+                source="hq:cli",
+                apply=apply,
+                grace=timedelta(minutes=grace_minutes),
+                timezone=timezone,
+            ),
+        )
+    except StatementError as exc:
+        raise click.ClickException(f"{statement.name}: {exc}") from None
+    if csv_file is not None:
+        csv_file.write_bytes(to_csv(run.result))
+    s = run.result.summary
+    click.echo(
+        f"statement lines {s.statement_lines} ({s.statement_errors} unreadable),"
+        f" onecard payments {s.onecard_payments}"
+    )
+    click.echo(
+        f"matched {s.matched}, amount differs {s.amount_differs},"
+        f" only in statement {s.only_in_statement}, only in onecard {s.only_in_onecard}"
+    )
+    for item in run.result.items:
+        if item.resolution != "ok":
+            click.echo(
+                f"  {item.pay_ref:<24} {item.category:<18} {item.resolution:<12} {item.reason}"
+            )
+    for error in run.statement_errors:
+        click.echo(f"  {error}")
+    if apply:
+        click.echo(f"applied: credited {len(run.credited)}, voided {len(run.voided)}")
+    else:
+        click.echo(
+            f"not applied (run again with --apply): {s.credit_once} to credit, {s.void} to void"
+        )
+
+
 COMMANDS = (
+    clearing,
+    reconcile_command,
     import_group,
     op_command,
     card,

@@ -79,4 +79,44 @@ OPS_MIGRATIONS: list[tuple[str, str]] = [
         ) STRICT;
         """,
     ),
+    (
+        "clearing reports, reconciliations, payment resolutions",
+        """
+        -- the last computed report of every (site, business day); '' = HQ's own desk
+        CREATE TABLE clearing_reports (
+            site        TEXT NOT NULL,
+            day         TEXT NOT NULL,              -- YYYY-MM-DD, the business day
+            revision    INTEGER NOT NULL,
+            digest      TEXT NOT NULL,
+            report      TEXT NOT NULL,              -- the DayReport, JSON
+            computed_ms INTEGER NOT NULL,
+            PRIMARY KEY (site, day)
+        ) STRICT;
+
+        -- every statement matched, applied or not
+        CREATE TABLE reconciliations (
+            id       INTEGER PRIMARY KEY,
+            at_ms    INTEGER NOT NULL,
+            operator TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            digest   TEXT NOT NULL,                 -- sha256 of the file
+            applied  INTEGER NOT NULL,
+            summary  TEXT NOT NULL,
+            result   TEXT NOT NULL
+        ) STRICT;
+
+        -- a 单边账 settled: credited once on proof of payment, or voided on proof of absence
+        CREATE TABLE payment_resolutions (
+            pay_ref    TEXT PRIMARY KEY,
+            resolution TEXT NOT NULL CHECK (resolution IN ('credited', 'void')),
+            record_id  TEXT NOT NULL,
+            operator   TEXT NOT NULL,
+            at_ms      INTEGER NOT NULL
+        ) STRICT;
+
+        -- kiosk recharge records, found without scanning every record
+        CREATE INDEX records_recharge ON records (kind, received_ms)
+            WHERE kind IN ('recharge.prepare', 'recharge.commit', 'recharge.abort');
+        """,
+    ),
 ]

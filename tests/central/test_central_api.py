@@ -244,3 +244,27 @@ async def test_a_member_file_is_checked_then_imported_through_the_api(api):
     assert bad.json()["errors"][0]["code"] == "columns_missing"
     denied = await api.http.post(url, content=data, headers=api.auth("finance"))
     assert denied.status_code == 403
+
+
+async def test_finance_reads_clearing_and_settlement_and_reconciles(api):
+    url = "/api/v1/clearing?day=2026-11-26"
+    day = await api.http.get(url, headers=api.auth("finance"))
+    assert day.status_code == 200
+    assert [r["site"] for r in day.json()] == [None]  # no sites yet: HQ's own desk
+    csv = await api.http.get(url + "&format=csv", headers=api.auth("auditor"))
+    assert csv.content.startswith(b"\xef\xbb\xbf")
+    assert "attachment" in csv.headers["content-disposition"]
+    assert (await api.http.get(url, headers=api.auth("operator"))).status_code == 403
+    bad = await api.http.get("/api/v1/clearing?day=yesterday", headers=api.auth("finance"))
+    assert bad.status_code == 400
+    settled = await api.http.get(
+        "/api/v1/settlement?from=2026-11-01&to=2026-11-30", headers=api.auth("finance")
+    )
+    assert settled.json()["hq_net_fen"] == 0
+    statement = b"pay_ref,amount,time\nWX-9,10.00,2026-11-26 10:00:00\n"
+    run = await api.http.post(
+        "/api/v1/reconciliations?filename=s.csv", content=statement, headers=api.auth("finance")
+    )
+    assert run.status_code == 200
+    assert run.json()["result"]["summary"]["only_in_statement"] == 1
+    assert run.json()["applied"] is False
