@@ -22,8 +22,8 @@ import click
 import msgspec
 
 from central.cli_common import DB_OPTION, run_op
+from central.core.amounts import parse_yuan
 from central.core.clearing import format_yuan
-from edge_agent.core.reasons import parse_yuan
 
 
 def _who() -> str:
@@ -620,6 +620,12 @@ def settings_show(db_path: Path) -> None:
 @click.option("--recharge-cap", callback=_yuan, help="largest single recharge, yuan")
 @click.option("--default-card-type")
 @click.option(
+    "--freeze-on-negative/--no-freeze-on-negative",
+    default=None,
+    help="freeze a card whose balance goes below zero once offline sales are merged",
+)
+@click.option("--clock-skew-seconds", type=click.IntRange(1), help="terminal clock tolerance")
+@click.option(
     "--card-type",
     "card_types",
     multiple=True,
@@ -633,6 +639,8 @@ def settings_set(
     reissue_fee: int | None,
     recharge_cap: int | None,
     default_card_type: str | None,
+    freeze_on_negative: bool | None,
+    clock_skew_seconds: int | None,
     card_types: tuple[str, ...],
     operator: str,
     db_path: Path,
@@ -661,6 +669,8 @@ def settings_set(
                     "reissue_fee_fen": reissue_fee,
                     "recharge_cap_fen": recharge_cap,
                     "default_card_type": default_card_type,
+                    "freeze_on_negative": freeze_on_negative,
+                    "clock_skew_s": clock_skew_seconds,
                 }.items()
                 if v is not None
             },

@@ -6,8 +6,8 @@ Pure. :func:`find_header` finds the header (English or Chinese column names, see
 from being checked, and duplicates are found in one pass (dicts of first occurrences).
 
 - **Amounts** are yuan with at most 2 decimals (``12.5``, ``¥12.50``, ``1,234.00``,
-  ``12.50元``), read with :class:`~decimal.Decimal` (never float); 0 ≤ fen ≤
-  :data:`MAX_OPENING_FEN`.
+  ``12.50元``), read by :func:`central.core.amounts.parse_yuan` (never a float); blank is
+  0, and 0 ≤ fen ≤ :data:`MAX_OPENING_FEN`.
 - **Dates** ``YYYY-MM-DD``, ``YYYY/MM/DD``, ``YYYY年M月D日`` (optionally ``HH:MM[:SS]``) or
   XLSX dates are local to the caller's time zone and become UTC. A date alone in an *end*
   column (``subsidy_expires``, ``period_to``) includes that whole day: it ends at the next
@@ -27,11 +27,11 @@ import typing
 import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from decimal import Decimal
 from typing import Literal
 
 from msgspec import Struct
 
+from central.core.amounts import AmountError, parse_yuan
 from central.core.tables import Row
 from protocol.messages import CardUid
 
@@ -298,8 +298,6 @@ def find_header(rows: tuple[Row, ...]) -> Header | list[Issue]:
 _FORMULA_START = ("=", "+", "-", "@")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 # re.ASCII: \d is 0-9 only (NFKC has already folded full-width digits).
-_NUMBER = re.compile(r"\d{1,15}(?:\.\d{0,15})?|\.\d{1,15}", re.ASCII)
-_GROUPED = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d*)?", re.ASCII)
 _COUNT = re.compile(r"\d{1,9}", re.ASCII)
 _DATE = re.compile(
     r"(\d{4})[-/.年](\d{1,2})[-/.月](\d{1,2})日?(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?",
@@ -309,51 +307,6 @@ _LOOKS_LIKE_FORMULA = "starts with = + - or @, like a spreadsheet formula (leave
 _UID_SEPARATORS = re.compile(r"[\s:]+")
 _UID_PATTERN = re.compile(typing.get_args(CardUid)[1].pattern)  # the protocol's own
 _EARLIEST, _LATEST = 1970, 2199
-
-
-class AmountError(ValueError):
-    """A cell that is not an amount of yuan; ``code`` says why."""
-
-    def __init__(self, code: IssueCode, message: str) -> None:
-        super().__init__(message)
-        self.code: IssueCode = code
-
-
-def parse_yuan(text: str) -> int:
-    """Fen in a yuan amount: ``"12.5"``, ``"¥12.50"``, ``"1,234.00"``, ``"12.50元"`` → 1250
-    …; blank → 0. Raises :class:`AmountError` (``amount_invalid``, ``amount_negative``,
-    ``amount_fraction``, ``amount_too_large``)."""
-    # NFKC: full-width digits and ￥ too (ASCII is its own normal form).
-    s = (text if text.isascii() else unicodedata.normalize("NFKC", text)).strip()
-    negative = s.startswith("-")
-    s = s.removeprefix("-").strip().removeprefix("¥").removesuffix("元").strip()
-    if _GROUPED.fullmatch(s):
-        s = s.replace(",", "")
-    if not s and not negative:
-        return 0
-    if not _NUMBER.fullmatch(s):
-        raise AmountError("amount_invalid", f"{_clip(text)!r} is not an amount of yuan")
-    fen = Decimal(s) * 100
-    if negative and fen:
-        raise AmountError("amount_negative", f"{_clip(text)!r} is negative")
-    if fen != fen.to_integral_value():
-        raise AmountError("amount_fraction", f"{_clip(text)!r} has more than 2 decimals (fen)")
-    if fen > MAX_OPENING_FEN:
-        raise AmountError(
-            "amount_too_large",
-            f"{_clip(text)!r} is above the cap of {format_yuan(MAX_OPENING_FEN)}",
-        )
-    return int(fen)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def format_yuan(fen: int) -> str:
-    """Fen as yuan with 2 decimals (``1250`` → ``"12.50"``): what :func:`parse_yuan` reads."""
-    sign = "-" if fen < 0 else ""
-    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
 @functools.lru_cache(maxsize=4096)  # a file repeats a few dates (expiry, period ends) a lot
@@ -422,7 +375,7 @@ class _Line:
     def amount(self, field: Field) -> int:
         value = self.raw(field)
         try:
-            return parse_yuan(value)
+            return parse_yuan(value, cap=MAX_OPENING_FEN, blank=0)
         except AmountError as exc:
             if exc.code == "amount_invalid" and value.startswith(_FORMULA_START):
                 self.problem(field, "formula", _LOOKS_LIKE_FORMULA, value)

@@ -46,6 +46,7 @@ from typing import Literal, TypeVar
 import msgspec
 from msgspec import Struct
 
+from central.core.amounts import format_yuan
 from central.core.effects import (
     AuditEntry,
     MasterWrite,
@@ -63,9 +64,7 @@ from central.core.member_rows import (
     MemberRow,
     check_rows,
     find_header,
-    format_yuan,
     normal_uid,
-    parse_yuan,
 )
 from central.core.state import LIVE
 from central.core.tables import Table, read_table
@@ -82,10 +81,8 @@ __all__ = [
     "OpeningEntry",
     "Table",
     "default_batch_id",
-    "format_yuan",
     "keys_named",
     "opening_entry_id",
-    "parse_yuan",
     "plan_import",
     "read_table",
     "report_json",

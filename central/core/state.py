@@ -98,6 +98,12 @@ class Policy(Struct, frozen=True, kw_only=True):
     recharge_cap_fen: int = 1_000_000
     #: The card type of a card issued by a branch intent (intents carry no type).
     default_card_type: str = "standard"
+    #: Freeze a card (→ blacklist) whose account goes below zero once offline spending at
+    #: several sites is merged; it is unfrozen by hand after the holder settles.
+    freeze_on_negative: bool = False
+    #: A terminal whose record time is this far from the edge's receipt time (online
+    #: records only) is reported as ``clock_skew``.
+    clock_skew_s: int = 300
 
 
 class Adjustment(Struct, frozen=True, kw_only=True):

@@ -92,7 +92,10 @@ def _too_many(filename: str, fmt: Format, encoding: str | None) -> Table:
     return _unreadable(filename, fmt, message, code="too_many_rows", encoding=encoding)
 
 
-def _decode(data: bytes) -> tuple[str, str] | TableProblem:
+def decode_text(data: bytes) -> tuple[str, str] | TableProblem:
+    """A CSV's bytes as text and the codec that read them (see :class:`Table`'s
+    ``encoding``): UTF-8 or UTF-16 after their BOM, else UTF-8, else GB18030. Bytes that
+    none of these reads are an ``encoding_unknown`` problem naming the first bad line."""
     candidates: tuple[str, ...]
     if data.startswith(codecs.BOM_UTF8):
         encoding, body, candidates = "utf-8-sig", data[len(codecs.BOM_UTF8) :], ("utf-8",)
@@ -109,10 +112,11 @@ def _decode(data: bytes) -> tuple[str, str] | TableProblem:
             continue
         return text, encoding or codec
     line = body[:first_bad].count(b"\n") + 1
+    names = " nor ".join(c.upper() for c in candidates)
     return TableProblem(
         code="encoding_unknown",
-        message=f"the file is neither {' nor '.join(c.upper() for c in candidates)} text "
-        f"(an undecodable byte on line {line})",
+        message=f"the file is {'neither ' if len(candidates) > 1 else 'not valid '}{names} "
+        f"text (an undecodable byte on line {line})",
         line=line,
     )
 
@@ -127,7 +131,7 @@ def _delimiter(text: str) -> str:
 
 
 def _read_csv(data: bytes, filename: str) -> Table:
-    decoded = _decode(data)
+    decoded = decode_text(data)
     if isinstance(decoded, TableProblem):
         return Table(filename=filename, format="csv", problem=decoded)
     text, encoding = decoded

@@ -204,21 +204,6 @@ def yuan(fen: int) -> str:
     return f"{sign}¥{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
-def parse_yuan(text: str) -> int:
-    """An amount typed in yuan as fen, exactly (never through a float): ``"12.5"`` →
-    ``1250``, ``"¥1,200.00"`` → ``120000``. Raises ValueError for anything else (more than
-    two decimals, not a number, empty)."""
-    cleaned = text.strip().removeprefix("¥").removeprefix("￥").replace(",", "").strip()
-    sign = -1 if cleaned.startswith("-") else 1
-    digits = cleaned.removeprefix("-").removeprefix("+")
-    whole, dot, frac = digits.partition(".")
-    if not whole.isdigit() and not (dot and not whole and frac.isdigit()):
-        raise ValueError(f"not an amount in yuan: {text!r}")
-    if len(frac) > 2 or (dot and not frac.isdigit()) or not whole.isascii():
-        raise ValueError(f"not an amount in yuan (at most 2 decimals): {text!r}")
-    return sign * (int(whole or "0") * 100 + int(frac.ljust(2, "0") or "0"))
-
-
 def fits_display(text: str) -> bool:
     """True if ``text`` fits a terminal display (lines, line width and total length)."""
     lines = text.split("\n")

@@ -26,7 +26,6 @@ from central.core.clearing import (
     clear_days,
     day_window,
     encode_csv,
-    format_yuan,
     revise,
     settle,
     settlement_csv,
@@ -368,13 +367,6 @@ def test_the_day_csv_is_excel_friendly_one_row_per_site_day_in_yuan() -> None:
 def test_text_cells_excel_would_run_as_formulas_are_defused() -> None:
     rows = csv_rows(encode_csv(["a", "b", "c"], [["=1+1", "-12.30", "@SUM(A1)"]]))
     assert rows[1] == ["'=1+1", "-12.30", "'@SUM(A1)"]
-
-
-@given(st.integers(-(10**12), 10**12))
-def test_yuan_text_is_exactly_the_fen(fen: int) -> None:
-    text = format_yuan(fen)
-    assert Decimal(text) * 100 == fen
-    assert len(text.partition(".")[2]) == 2
 
 
 # --- properties ------------------------------------------------------------------------------

@@ -7,30 +7,24 @@ memory); only the last tests read the sample files the docs point at.
 from __future__ import annotations
 
 import io
-import string
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from central.core import tables
 from central.core.effects import PutAccount, PutCard, PutPerson, PutTicket
-from central.core.member_rows import AmountError, normalise_header
+from central.core.member_rows import normalise_header
 from central.core.members import (
     MAX_OPENING_FEN,
     ExistingData,
     ImportPlan,
     OpeningEntry,
     default_batch_id,
-    format_yuan,
     keys_named,
     opening_entry_id,
-    parse_yuan,
     plan_import,
     read_table,
     report_json,
@@ -441,58 +435,16 @@ def test_the_report_totals_opening_cash_and_subsidy_in_yuan_and_fen() -> None:
     }
 
 
-# -- amounts ----------------------------------------------------------------------------------
+# -- amounts (parsing itself: test_central_core_amounts) -------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("text", "fen"),
-    [
-        ("12.50", 1250),
-        ("12.5", 1250),
-        ("¥12.5", 1250),
-        ("￥12.50", 1250),
-        ("12.50元", 1250),
-        ("1,234.00", 123400),
-        ("１２.５", 1250),  # full-width digits
-        ("", 0),
-        ("0", 0),
-        ("-0.00", 0),
-        (".5", 50),
-        ("7.", 700),
-        ("12.500", 1250),  # exact in fen: a trailing zero is not a fraction
-        ("100000.00", MAX_OPENING_FEN),
-    ],
-)
-def test_yuan_amounts_become_exact_fen(text: str, fen: int) -> None:
-    assert parse_yuan(text) == fen
-
-
-@given(st.integers(min_value=0, max_value=MAX_OPENING_FEN))
-def test_fen_round_trip_through_their_yuan_text(fen: int) -> None:
-    assert parse_yuan(format_yuan(fen)) == fen
-
-
-@given(
-    st.integers(min_value=0, max_value=99_999),
-    st.text(alphabet=string.digits, min_size=0, max_size=2),
-    st.sampled_from(["", "¥", "￥"]),
-)
-def test_any_yuan_text_with_at_most_two_decimals_is_exact(
-    whole: int, decimals: str, currency: str
-) -> None:
-    text = f"{currency}{whole}" + (f".{decimals}" if decimals else "")
-    assert parse_yuan(text) == int(Decimal(f"{whole}.{decimals or '0'}") * 100)
-    assert format_yuan(parse_yuan(text)) == f"{Decimal(f'{whole}.{decimals or 0}'):.2f}"
-
-
-@given(st.text(max_size=30))
-def test_any_text_is_an_amount_or_an_amount_error(text: str) -> None:
-    try:
-        fen, code = parse_yuan(text), ""
-    except AmountError as exc:
-        fen, code = 0, exc.code
-    assert code in {"", "amount_invalid", "amount_negative", "amount_fraction", "amount_too_large"}
-    assert 0 <= fen <= MAX_OPENING_FEN
+def test_an_opening_amount_is_any_yuan_text_a_blank_is_zero_and_the_cap_holds() -> None:
+    plan = plan_of(csv_bytes('P1,A,,,,"￥1,234.5",１２.５元,', "P2,B,,,,100000.00,,", "P3,C,,,,,,"))
+    assert plan.ok, report_text(plan)
+    assert [(p.cash_fen, p.subsidy_fen) for p in plan.postings] == [
+        (123450, 1250),
+        (MAX_OPENING_FEN, 0),
+    ]
 
 
 # -- dates ------------------------------------------------------------------------------------

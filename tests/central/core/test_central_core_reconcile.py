@@ -12,7 +12,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from central.core.clearing import format_yuan
+from central.core.amounts import format_yuan
 from central.core.reconcile import (
     CreditOnce,
     PaymentRecord,
@@ -208,7 +208,7 @@ def test_a_date_column_alone_covers_whole_local_days() -> None:
     [
         (b"", "no header row"),
         (b"just,some,words\n1,2,3\n", "no header row"),
-        (b"\xff\xfe\x00", "not valid utf-16"),
+        (b"\xff\xfe\x00", "not valid UTF-16"),
         (b"pay_ref,amount\n\x81\x30", "neither UTF-8 nor GB18030"),
         (b"pay_ref,amount\nA\x00,1\n", "NUL"),
     ],
@@ -235,7 +235,7 @@ def test_garbage_in_gives_a_statement_or_a_statement_error_only(data: bytes) -> 
 
 @given(
     fen=st.integers(1, MAX_FEN),
-    style=st.sampled_from(["{}", "¥{}", "￥{}", "{}元", " {} ", "CNY{}"]),
+    style=st.sampled_from(["{}", "¥{}", "￥{}", "{}元", " {} ", "CNY{}", "RMB {}", "+{}"]),
     commas=st.booleans(),
 )
 def test_any_amount_in_yuan_is_read_back_to_the_exact_fen(
@@ -245,6 +245,29 @@ def test_any_amount_in_yuan_is_read_back_to_the_exact_fen(
     text = style.format(f"{int(whole):,}.{part}" if commas else f"{whole}.{part}")
     parsed = statement(f'pay_ref,amount\nA-1,"{text}"\n')
     assert [ln.amount_fen for ln in parsed.lines] == [fen]
+
+
+@pytest.mark.parametrize(
+    ("text", "fen"),
+    [("+12.00", 1200), ("1 200.00", 120000), ("RMB1,200.00", 120000), ("12.5 元", 1250)],
+)
+def test_statement_amounts_may_carry_a_plus_spaces_and_a_currency(text: str, fen: int) -> None:
+    parsed = statement(f'pay_ref,amount\nA-1,"{text}"\n')
+    assert [ln.amount_fen for ln in parsed.lines] == [fen]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("12.3.4", "is not a number of yuan"),
+        ("-¥5.00", "is not positive (a refund or reversal is not a payment)"),
+        ("0.00", "is not positive (a refund or reversal is not a payment)"),
+        ("10000000.01", "exceeds 10000000.00 yuan"),
+    ],
+)
+def test_a_statement_amount_that_is_no_payment_is_a_line_error(text: str, reason: str) -> None:
+    (error,) = statement(f'pay_ref,amount\nA-1,"{text}"\n').errors
+    assert (error.pay_ref, error.reason) == ("A-1", f"amount {text!r} {reason}")
 
 
 # --- reconciling -----------------------------------------------------------------------------
