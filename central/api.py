@@ -39,7 +39,7 @@ from central.core.effects import Accepted
 from central.core.members import report_json
 from central.core.operations import AnyRequest
 from central.core.reconcile import StatementError
-from central.core.state import CardType, Policy
+from central.core.state import CardType
 
 #: Largest request body accepted (a member file or statement goes through the CLI if larger).
 MAX_BODY = 8 * 1024 * 1024
@@ -312,11 +312,12 @@ class _Endpoints:
 
     async def settings_put(self, request: Request, who: Identity) -> Response:
         new = _decode(await _body(request), _Settings)
+        changes = new.policy
         try:
             await self.store.run(
                 lambda conn: operations.change_settings(
                     conn,
-                    policy=new.policy,
+                    policy=None if changes is None else operations.merged_policy(conn, changes),
                     card_types=new.card_types,
                     operator=who.name,
                     source="hq:api",
@@ -347,7 +348,8 @@ class _AnomalyChange(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _Settings(msgspec.Struct, forbid_unknown_fields=True):
-    policy: Policy | None = None
+    #: Only the fields to change (the others keep their values).
+    policy: dict[str, Any] | None = None
     card_types: list[CardType] | None = None
 
 

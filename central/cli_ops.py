@@ -17,6 +17,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import msgspec
@@ -59,6 +60,8 @@ def execute(db_path: Path, cls: type, opts: dict[str, Any], **fields: Any) -> No
 
     rid = opts.pop("request_id") or f"cli-{uuid.uuid4().hex[:16]}"
     as_json = opts.pop("as_json")
+    if any(isinstance(v, datetime) for v in fields.values()):
+        fields = _in_utc(fields, hq_zone(db_path))
     try:
         request: Any = msgspec.convert(
             {"request_id": rid, "operator": opts.pop("operator"), "source": "hq:cli", **fields},
@@ -82,6 +85,12 @@ def execute(db_path: Path, cls: type, opts: dict[str, Any], **fields: Any) -> No
         click.echo(f"  request id: {rid}")
     else:
         click.echo(f"refused ({result.reason_code}): {result.message}", err=True)
+        if outcome.replayed:
+            click.echo(
+                "  (the stored answer to this request id, given when it was first sent;"
+                " to try again after fixing the cause, use a new request id)",
+                err=True,
+            )
         click.echo(f"  request id: {rid}", err=True)
     if not isinstance(result, Accepted):
         sys.exit(1)
@@ -95,10 +104,21 @@ def _show(key: str, value: Any) -> str:
     return str(value)
 
 
-def _utc(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.astimezone()).astimezone(UTC).isoformat()
+def hq_zone(db_path: Path) -> ZoneInfo:
+    """HQ's time zone (``clearing config --timezone``): how times typed at HQ are read."""
+    from central import finance
+
+    return ZoneInfo(run_op(db_path, lambda conn: finance.clearing_config(conn, None)).timezone)
+
+
+def _in_utc(fields: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    """Naive datetimes typed on the command line are HQ local time; the wire is UTC."""
+    return {
+        key: value.replace(tzinfo=zone).astimezone(UTC).isoformat()
+        if isinstance(value, datetime)
+        else value
+        for key, value in fields.items()
+    }
 
 
 # -- any operation from JSON ------------------------------------------------------------------
@@ -162,7 +182,7 @@ def card_issue(
         card_uid=uid.upper(),
         person_id=person_id,
         card_type=card_type,
-        valid_to=_utc(valid_to),
+        valid_to=valid_to,
         deposit_method=deposit_method,
         deposit_pay_ref=deposit_pay_ref,
     )
@@ -176,7 +196,7 @@ def card_lost(uid: str, at: datetime | None, **opts: Any) -> None:
     """挂失: the card is refused at every site from now (or --at)."""
     from central.core.cards import ReportLost
 
-    execute(opts.pop("db_path"), ReportLost, opts, card_uid=uid.upper(), reported_at=_utc(at))
+    execute(opts.pop("db_path"), ReportLost, opts, card_uid=uid.upper(), reported_at=at)
 
 
 @card.command("unlost")
@@ -291,7 +311,7 @@ def money() -> None:
 @click.option("--pay-ref", help="payment reference (required for bank and online)")
 @_op_options
 def money_recharge(uid: str, amount: int, method: str, pay_ref: str | None, **opts: Any) -> None:
-    """充值 YUAN (e.g. 100 or 12.50) to the card holder's cash purse."""
+    """充值: add YUAN (100, 12.50 …) to the card holder's cash purse."""
     from central.core.money import Recharge
 
     execute(
@@ -402,8 +422,8 @@ def ticket_sell(
         service=service,
         price_fen=price,
         uses=uses,
-        valid_from=_utc(valid_from),
-        valid_to=_utc(valid_to),
+        valid_from=valid_from,
+        valid_to=valid_to,
     )
 
 
@@ -445,7 +465,7 @@ def subsidy_grant(
         opts,
         person_ids=_persons(person, persons_file),
         amount_fen=amount,
-        expires_at=_utc(expires),
+        expires_at=expires,
         mode="reset" if reset else "add",
     )
 
@@ -537,13 +557,20 @@ def anomaly() -> None:
 @anomaly.command("list")
 @click.option("--state", type=click.Choice(["open", "acknowledged", "resolved"]))
 @click.option("--kind")
+@click.option("--site")
+@click.option("--limit", type=click.IntRange(1, 500), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @DB_OPTION
-def anomaly_list(state: str | None, kind: str | None, as_json: bool, db_path: Path) -> None:
+def anomaly_list(
+    state: str | None, kind: str | None, site: str | None, limit: int, as_json: bool, db_path: Path
+) -> None:
     """Newest first."""
     from central import queries
 
-    rows = _run(db_path, lambda conn: queries.anomalies(conn, state=state, kind=kind))
+    rows = _run(
+        db_path,
+        lambda conn: queries.anomalies(conn, state=state, kind=kind, site=site, limit=limit),
+    )
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False))
         return
@@ -698,13 +725,14 @@ def token() -> None:
     type=click.Choice(["admin", "operator", "finance", "technician", "auditor"]),
     required=True,
 )
+@click.option("--operator", default=_who, show_default="login user")
 @DB_OPTION
-def token_add(name: str, role: Any, db_path: Path) -> None:
+def token_add(name: str, role: Any, operator: str, db_path: Path) -> None:
     """Create a token; it is printed once and never stored."""
     from central import queries
 
     try:
-        secret = _run(db_path, lambda conn: queries.add_token(conn, name, role))
+        secret = _run(db_path, lambda conn: queries.add_token(conn, name, role, operator=operator))
     except queries.ConflictError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(secret)
@@ -723,13 +751,14 @@ def token_list(db_path: Path) -> None:
 
 @token.command("revoke")
 @click.argument("name")
+@click.option("--operator", default=_who, show_default="login user")
 @DB_OPTION
-def token_revoke(name: str, db_path: Path) -> None:
+def token_revoke(name: str, operator: str, db_path: Path) -> None:
     """Revoke a token at once."""
     from central import queries
 
     try:
-        _run(db_path, lambda conn: queries.revoke_token(conn, name))
+        _run(db_path, lambda conn: queries.revoke_token(conn, name, operator=operator))
     except queries.NotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"token {name} revoked")
@@ -833,7 +862,7 @@ def clearing_day(
     from central import finance
     from central.core.clearing import to_csv, to_json
 
-    when = day or (datetime.now(UTC) - timedelta(days=1)).date()
+    when = day or (datetime.now(hq_zone(db_path)) - timedelta(days=1)).date()
 
     def run(conn: Any) -> list[Any]:
         if hq:
@@ -887,21 +916,32 @@ def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: Pat
 
 
 @clearing.command("config")
-@click.option("--cutoff-hour", type=click.IntRange(0, 23), required=True,
-              help="the business day starts at this local hour")  # fmt: skip
-@click.option("--timezone", default="Asia/Shanghai", show_default=True, help="HQ's own desk")
+@click.option("--cutoff-hour", type=click.IntRange(0, 23),
+              help="every site's business day starts at this local hour")  # fmt: skip
+@click.option("--timezone", help="HQ's time zone (its desk, and times typed at HQ)")
+@click.option("--operator", default=_who, show_default="login user")
 @DB_OPTION
-def clearing_config(cutoff_hour: int, timezone: str, db_path: Path) -> None:
-    """Set the business day's cut-off (sites use their own time zone)."""
+def clearing_config(
+    cutoff_hour: int | None, timezone: str | None, operator: str, db_path: Path
+) -> None:
+    """Show or change the business day (sites keep their own time zone)."""
     from central import finance
-    from central.core.clearing import SiteDay
+
+    def change(conn: Any) -> Any:
+        if cutoff_hour is None and timezone is None:
+            return finance.clearing_config(conn, None)
+        return finance.set_clearing_config(
+            conn, cutoff_hour=cutoff_hour, timezone=timezone, operator=operator
+        )
 
     try:
-        config = SiteDay(timezone=timezone, cutoff_hour=cutoff_hour)
-        _run(db_path, lambda conn: finance.set_clearing_config(conn, config))
+        config = _run(db_path, change)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"business day starts at {cutoff_hour:02d}:00 local time")
+    click.echo(
+        f"business day starts at {config.cutoff_hour:02d}:00 local time;"
+        f" HQ time zone {config.timezone}"
+    )
 
 
 @click.command("reconcile")

@@ -93,13 +93,43 @@ def clearing_config(conn: sqlite3.Connection, site: str | None) -> SiteDay:
     return SiteDay(timezone=str(policy[0]), cutoff_hour=base.cutoff_hour)
 
 
-def set_clearing_config(conn: sqlite3.Connection, config: SiteDay) -> None:
-    """HQ's time zone (for its own desk) and the cut-off hour for every site."""
+def set_clearing_config(
+    conn: sqlite3.Connection,
+    whole: SiteDay | None = None,
+    *,
+    cutoff_hour: int | None = None,
+    timezone: str | None = None,
+    operator: str = "-",
+    source: str = "hq:cli",
+) -> SiteDay:
+    """Change HQ's time zone (its own desk, and times typed at HQ) and/or the cut-off
+    hour of every site's business day; what is not given is kept. Audited."""
+    before = clearing_config(conn, None)
+    if whole is not None:
+        timezone, cutoff_hour = whole.timezone, whole.cutoff_hour
+    config = SiteDay(
+        timezone=before.timezone if timezone is None else timezone,
+        cutoff_hour=before.cutoff_hour if cutoff_hour is None else cutoff_hour,
+    )
+    write_audit(
+        conn,
+        AuditEntry(
+            request_id=f"clearing.config:{now_ms()}",
+            operator=operator,
+            source=source,
+            action="clearing.config",
+            target="settings:clearing",
+            at=datetime.now(UTC),
+            before={"timezone": before.timezone, "cutoff_hour": before.cutoff_hour},
+            after={"timezone": config.timezone, "cutoff_hour": config.cutoff_hour},
+        ),
+    )
     conn.execute(
         "INSERT INTO settings (key, value) VALUES ('clearing', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (_json.encode(config).decode(),),
     )
+    return config
 
 
 # -- clearing ---------------------------------------------------------------------------------
@@ -245,10 +275,15 @@ def settlement(conn: sqlite3.Connection, first: date, last: date) -> Settlement:
 
 
 def payments_between(
-    conn: sqlite3.Connection, start: datetime, end: datetime
+    conn: sqlite3.Connection,
+    start: datetime,
+    end: datetime,
+    *,
+    refs: frozenset[str] | None = None,
 ) -> list[PaymentRecord]:
     """onecard's payments with a reference between ``start`` and ``end``: kiosk recharges
-    (prepared, committed or aborted) and recharges in the ledger (HQ, desks, reconciled)."""
+    (prepared, committed or aborted) and recharges in the ledger (HQ, desks, reconciled).
+    With ``refs``: only those references, from ``start`` to ``end`` whatever their time."""
     margin = int(timedelta(days=2).total_seconds() * 1000)  # records reach HQ late
     kiosk: dict[str, dict[str, Any]] = {}
     for (payload,) in conn.execute(
@@ -264,7 +299,9 @@ def payments_between(
     for ref, found in kiosk.items():
         prepared = found.get("RechargePrepare")
         first = prepared or found.get("RechargeCommit") or found.get("RechargeAbort")
-        if first is None or not start <= first.at < end:
+        if first is None or (refs is None and not start <= first.at < end):
+            continue
+        if refs is not None and ref not in refs:
             continue
         out[ref] = _kiosk_payment(conn, ref, found)
     for ref, person, cash, record_id, site, at_ms, method, uid in conn.execute(
@@ -272,7 +309,7 @@ def payments_between(
         " FROM ledger WHERE pay_ref IS NOT NULL AND at_ms >= ? AND at_ms < ?",
         (_ms(start), _ms(end)),
     ).fetchall():
-        if ref not in out:
+        if ref not in out and (refs is None or ref in refs):
             out[ref] = PaymentRecord(
                 pay_ref=ref,
                 site=site,
@@ -384,8 +421,15 @@ def reconcile_statement(
     if statement.period_start is not None and statement.period_end is not None:
         for p in payments_between(conn, statement.period_start, statement.period_end):
             payments[p.pay_ref] = p
-    missing = {line.pay_ref for line in statement.lines} - payments.keys()
-    for p in payments_named(conn, missing):
+    missing = frozenset({line.pay_ref for line in statement.lines} - payments.keys())
+    if missing and statement.period_start is not None and statement.period_end is not None:
+        # A kiosk prepares a little before the channel stamps the payment: look around.
+        around = timedelta(days=1)
+        for p in payments_between(
+            conn, statement.period_start - around, statement.period_end + around, refs=missing
+        ):
+            payments[p.pay_ref] = p
+    for p in payments_named(conn, missing - payments.keys()):
         payments[p.pay_ref] = p
     result = reconcile(statement, payments.values(), now=at, grace=grace)
     credited: list[str] = []

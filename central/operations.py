@@ -50,6 +50,8 @@ from central.core.state import (
     Policy,
     State,
 )
+from central.core.subsidy import ExpireSubsidy, GrantSubsidy
+from central.core.tickets import SellTicket
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.core.model import Account, Card, Person, Ticket
 from protocol.messages import CardIntent, Purchase, decode_record
@@ -155,6 +157,19 @@ def change_settings(
     )
 
 
+def merged_policy(conn: sqlite3.Connection, changes: dict[str, Any]) -> Policy:
+    """The current policy with ``changes`` (field → value) applied; ValueError for an
+    unknown field or a bad value."""
+    current = msgspec.to_builtins(load_policy(conn))
+    unknown = set(changes) - set(current)
+    if unknown:
+        raise ValueError(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+    try:
+        return msgspec.convert({**current, **changes}, Policy)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"policy: {exc}") from None
+
+
 def _name(card_type: CardType) -> str:
     return card_type.name
 
@@ -240,15 +255,27 @@ def stored_result(conn: sqlite3.Connection, request_id: str) -> StoredResult | N
 
 
 def _refusal(request: Request, rejected: Rejected, at: datetime) -> AuditEntry:
-    target = getattr(request, "card_uid", None) or getattr(request, "original_id", None)
     return rejection_audit(
         rejected,
         operator=request.operator,
         source=request.source,
         action=op_name(request),
-        target=f"card:{target}" if hasattr(request, "card_uid") else str(target or "-"),
+        target=refusal_target(request),
         at=at,
     )
+
+
+def refusal_target(request: Request) -> str:
+    """The audit target of a refused request: what the accepted one would name."""
+    if isinstance(request, GrantSubsidy | ExpireSubsidy):
+        return f"batch:{request.request_id}"
+    if isinstance(request, SellTicket):
+        return f"ticket:{request.ticket_id}"
+    original = getattr(request, "original_id", None)
+    if original is not None:
+        return f"purchase:{original}"
+    uid = getattr(request, "card_uid", None)
+    return f"card:{uid}" if uid is not None else "-"
 
 
 def _site_of(source: str) -> str | None:

@@ -317,8 +317,10 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_token(conn: sqlite3.Connection, name: str, role: Role) -> str:
-    """Create an API token; returns the secret (shown once, never stored)."""
+def add_token(
+    conn: sqlite3.Connection, name: str, role: Role, *, operator: str = "-", source: str = "hq:cli"
+) -> str:
+    """Create an API token; returns the secret (shown once, never stored). Audited."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = "oc_" + secrets.token_urlsafe(32)
@@ -329,11 +331,37 @@ def add_token(conn: sqlite3.Connection, name: str, role: Role) -> str:
         )
     except sqlite3.IntegrityError:
         raise ConflictError(f"a token named {name!r} exists; revoke it first") from None
+    _audit_token(conn, "token.add", name, operator, source, {"role": role})
     return token
 
 
-def revoke_token(conn: sqlite3.Connection, name: str) -> None:
-    """Revoke a token by name (kept for the audit trail)."""
+def _audit_token(  # noqa: PLR0917 - one audit line
+    conn: sqlite3.Connection,
+    action: str,
+    name: str,
+    operator: str,
+    source: str,
+    after: dict[str, str | int | bool | None],
+) -> None:
+    at = now_ms()
+    write_audit(
+        conn,
+        AuditEntry(
+            request_id=f"{action}:{name}:{at}",
+            operator=operator,
+            source=source,
+            action=action,
+            target=f"token:{name}",
+            at=datetime.fromtimestamp(at / 1000, UTC),
+            after=after,
+        ),
+    )
+
+
+def revoke_token(
+    conn: sqlite3.Connection, name: str, *, operator: str = "-", source: str = "hq:cli"
+) -> None:
+    """Revoke a token by name (kept for the audit trail). Audited."""
     cursor = conn.execute(
         "UPDATE api_tokens SET revoked_ms = ?, name = name || '#' || id"
         " WHERE name = ? AND revoked_ms IS NULL",
@@ -341,6 +369,7 @@ def revoke_token(conn: sqlite3.Connection, name: str) -> None:
     )
     if not cursor.rowcount:
         raise NotFoundError(f"no active token {name!r}")
+    _audit_token(conn, "token.revoke", name, operator, source, {"revoked": True})
 
 
 def tokens(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -93,7 +93,7 @@ def cancel_card(request: CancelCard, state: State, now: datetime) -> Result:
         blacklist=tuple(listings),
         audit=audit(
             request,
-            f"person:{holder.person.id}",
+            f"card:{card.uid}",
             now,
             {**card_summary(card), **balance_summary(balance)},
             {

@@ -83,13 +83,15 @@ class SetLimits(Request, frozen=True, kw_only=True, tag="limits.set"):
 
 MoneyRequest = Recharge | CorrectPurchase | RefundPurchase | SetLimits
 
-_RECHARGEABLE = frozenset({CardStatus.ACTIVE, CardStatus.FROZEN})
+#: A lost card's account is still its holder's: money may go in at a desk (say, to pay a
+#: reissue fee), never out — the card itself stays on the blacklist.
+_RECHARGEABLE = frozenset({CardStatus.ACTIVE, CardStatus.FROZEN, CardStatus.LOST})
 
 
 def recharge(request: Recharge, state: State, now: datetime) -> Result:
-    """Credit the cash purse. Refused: ``card_unknown``, ``card_not_active`` (lost,
-    cancelled, replaced), ``amount_invalid`` (not positive, or over the policy cap),
-    ``pay_ref_required``, ``pay_ref_used``."""
+    """Credit the cash purse (a lost card's too). Refused: ``card_unknown``,
+    ``card_not_active`` (cancelled, replaced), ``amount_invalid`` (not positive, or over
+    the policy cap), ``pay_ref_required``, ``pay_ref_used``."""
     found = card_and_holder(request, request.card_uid, state)
     if isinstance(found, Rejected):
         return found

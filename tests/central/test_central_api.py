@@ -111,7 +111,9 @@ async def test_an_operation_is_applied_once_and_audited_under_the_token(api):
     person = (await api.http.get("/api/v1/persons/P1", headers=api.auth("operator"))).json()
     assert person["balance"]["cash_fen"] == 1500  # once
     assert person["ledger"][0]["kind"] == "recharge"
-    audit = (await api.http.get("/api/v1/audit", headers=api.auth("auditor"))).json()["audit"]
+    audit = (
+        await api.http.get("/api/v1/audit?action=money.recharge", headers=api.auth("auditor"))
+    ).json()["audit"]
     assert [(a["operator"], a["role"], a["source"], a["ip"]) for a in audit] == [
         ("operator-1", "operator", "hq:api", "127.0.0.1")
     ]
@@ -268,3 +270,18 @@ async def test_finance_reads_clearing_and_settlement_and_reconciles(api):
     assert run.status_code == 200
     assert run.json()["result"]["summary"]["only_in_statement"] == 1
     assert run.json()["applied"] is False
+
+
+async def test_a_settings_change_keeps_the_policy_fields_it_does_not_name(api):
+    first = {"policy": {"cancel_fee_fen": 500, "freeze_on_negative": True}}
+    await api.http.put("/api/v1/settings", json=first, headers=api.auth("admin"))
+    second = await api.http.put(
+        "/api/v1/settings", json={"policy": {"reissue_fee_fen": 1000}}, headers=api.auth("admin")
+    )
+    policy = second.json()["policy"]
+    assert (policy["cancel_fee_fen"], policy["freeze_on_negative"]) == (500, True)
+    assert policy["reissue_fee_fen"] == 1000
+    bad = await api.http.put(
+        "/api/v1/settings", json={"policy": {"free_lunch": True}}, headers=api.auth("admin")
+    )
+    assert bad.status_code == 400 and "free_lunch" in bad.json()["error"]["message"]

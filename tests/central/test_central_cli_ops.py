@@ -59,9 +59,11 @@ def test_a_bad_amount_is_a_usage_error_and_changes_nothing(db):
 
 
 def test_a_refusal_prints_its_reason_and_exits_1(db):
-    refused = cli(db, "money", "recharge", ALICE, "5", "--method", "bank")
+    refused = cli(db, "money", "recharge", ALICE, "5", "--method", "bank", "--request-id", "x1")
     assert refused.exit_code == 1
     assert "refused (pay_ref_required)" in refused.output
+    again = cli(db, "money", "recharge", ALICE, "5", "--method", "bank", "--request-id", "x1")
+    assert again.exit_code == 1 and "the stored answer to this request id" in again.output
 
 
 def test_card_lifecycle_from_the_command_line(db):
@@ -101,6 +103,10 @@ def test_any_operation_from_json_on_stdin(db):
 
 def test_tokens_are_shown_once_and_listed_without_secrets(db):
     made = cli(db, "token", "add", "erp", "--role", "finance")
+    audit = json.loads(cli(db, "audit", "--json").output)
+    assert [(a["action"], a["target"], a["operator"]) for a in audit] == [
+        ("token.add", "token:erp", "op-li")
+    ]
     secret = made.output.strip()
     assert made.exit_code == 0 and secret.startswith("oc_")
     listed = cli(db, "token", "list").output

@@ -238,5 +238,20 @@ def test_clearing_and_reconcile_from_the_command_line(tmp_path):
     rec = runner.invoke(main, ["reconcile", str(statement)], env=env)
     assert rec.exit_code == 0, rec.output
     assert "only in statement 3" in rec.output and "not applied" in rec.output
+    tz = runner.invoke(main, ["clearing", "config", "--timezone", "Asia/Urumqi"], env=env)
+    assert "starts at 04:00" in tz.output and "Asia/Urumqi" in tz.output  # cut-off kept
     bad = runner.invoke(main, ["clearing", "day", "--date", "26/11/2026"], env=env)
     assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.output
+
+
+async def test_a_payment_prepared_just_before_the_statements_first_line_is_still_found(store):
+    site = Site(store)
+    await site.prepare(utc("2026-11-27T00:59:50"), "WX-EARLY", 2500)  # 08:59:50 local
+    statement = "交易时间,商户订单号,金额\n2026-11-27 09:00:02,WX-EARLY,25.00\n"
+    now = utc("2026-11-27T06:00")
+    run = await store.run(
+        lambda conn: finance.reconcile_statement(
+            conn, statement.encode(), "s.csv", operator="fin", source="hq:cli", apply=True, now=now
+        )
+    )
+    assert run.credited == ("WX-EARLY",)

@@ -99,4 +99,4 @@ def test_cancel_closes_the_account_for_every_live_card_of_the_person() -> None:
     state = world(holder("P1", cash=100, cards=(old, card())))
     result = accepted(decide(req(CancelCard, card_uid=UID_A), state, NOW))
     assert set(cards_written(result)) == {UID_A}  # the replaced card is already retired
-    assert accepted(result).audit.target == "person:P1"
+    assert accepted(result).audit.target == f"card:{UID_A}"  # refusals name the card too

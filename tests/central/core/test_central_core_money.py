@@ -44,6 +44,12 @@ def test_a_bank_recharge_credits_cash_with_its_method_and_reference() -> None:
     assert (audit.before["cash_fen"], audit.after["cash_fen"]) == (100, 20100)
 
 
+def test_a_lost_card_can_be_recharged_at_a_desk_to_pay_for_its_reissue() -> None:
+    state = world(holder("P1", cash=800, cards=(card(status=CardStatus.LOST),)))
+    request = req(Recharge, card_uid=UID_A, amount_fen=5000, method="cash")
+    assert posted(decide(request, state, NOW))["recharge"].cash_fen == 5000
+
+
 def test_a_frozen_card_can_be_recharged_to_settle_its_debt() -> None:
     state = world(holder("P1", cash=-1200, cards=(card(status=CardStatus.FROZEN),)))
     request = req(Recharge, card_uid=UID_A, amount_fen=1200, method="cash")
@@ -53,8 +59,8 @@ def test_a_frozen_card_can_be_recharged_to_settle_its_debt() -> None:
 @pytest.mark.parametrize(
     ("status", "fields", "code"),
     [
-        (CardStatus.LOST, {}, "card_not_active"),
         (CardStatus.REPLACED, {}, "card_not_active"),
+        (CardStatus.CANCELLED, {}, "card_not_active"),
         (CardStatus.ACTIVE, {"amount_fen": 0}, "amount_invalid"),
         (CardStatus.ACTIVE, {"amount_fen": -5}, "amount_invalid"),
         (CardStatus.ACTIVE, {"amount_fen": 1_000_001}, "amount_invalid"),
