@@ -281,8 +281,9 @@ def balances(db_path: Path, as_json: bool) -> None:
 
 def _add_operation_commands() -> None:
     from central.cli_ops import COMMANDS
+    from central.cli_release import release
 
-    for command in COMMANDS:
+    for command in (*COMMANDS, release):
         main.add_command(command)
 
 
