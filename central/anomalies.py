@@ -109,34 +109,65 @@ def negative_balance(
     )
 
 
-def check_record(
-    conn: sqlite3.Connection, site: str, record: AnyRecord, *, at_ms: int, clock_skew_s: int
+def check_records(
+    conn: sqlite3.Connection, site: str, records: list[tuple[int, AnyRecord]], *, at_ms: int
 ) -> None:
-    """Anomalies a single record shows: a terminal clock off, a card used although the
-    site held the blacklist that lists it."""
-    terminal = record.terminal
-    if terminal and not record.offline:
-        skew = (record.received_at - record.at).total_seconds()
-        key = f"{site}/{terminal}"
-        if abs(skew) > clock_skew_s and not _still_open(conn, "clock_skew", "terminal", key):
-            anomaly(
-                conn,
-                "clock_skew",
-                site=site,
-                at_ms=at_ms,
-                record_id=record.id,
-                terminal=key,
-                skew_s=round(skew, 1),
-            )
-    version = _used_with_list(record)
-    if version is None or not record.card_uid:
+    """Anomalies records show on their own: a terminal clock off, a card used although
+    the site held the blacklist that lists it. One query for the batch's listed cards."""
+    if not records:
         return
-    listed = conn.execute(
-        "SELECT version, effective_ms, reason FROM blacklist WHERE uid = ?", (record.card_uid,)
-    ).fetchone()
-    if listed is None:
+    from central.operations import load_policy  # noqa: PLC0415 - see negative_balance
+
+    limit = load_policy(conn).clock_skew_s
+    used: list[tuple[AnyRecord, int]] = []
+    for _, record in records:
+        if record.terminal and not record.offline:
+            skew = (record.received_at - record.at).total_seconds()
+            if abs(skew) > limit:
+                _clock_skew(conn, site, record, skew, at_ms)
+        version = _used_with_list(record)
+        if version is not None and record.card_uid:
+            used.append((record, version))
+    if not used:
         return
-    listed_version, effective_ms, reason = listed
+    listed = {
+        uid: (version, effective_ms, reason)
+        for uid, version, effective_ms, reason in conn.execute(
+            "SELECT uid, version, effective_ms, reason FROM blacklist"
+            " WHERE uid IN (SELECT value FROM json_each(?))",
+            (_json.encode(sorted({r.card_uid for r, _ in used})).decode(),),
+        ).fetchall()
+    }
+    for record, version in used:
+        if record.card_uid in listed:
+            _used_after_blacklist(conn, site, record, version, listed[record.card_uid], at_ms)
+
+
+def _clock_skew(
+    conn: sqlite3.Connection, site: str, record: AnyRecord, skew: float, at_ms: int
+) -> None:
+    key = f"{site}/{record.terminal}"
+    if not _still_open(conn, "clock_skew", "terminal", key):
+        anomaly(
+            conn,
+            "clock_skew",
+            site=site,
+            at_ms=at_ms,
+            record_id=record.id,
+            terminal=key,
+            skew_s=round(skew, 1),
+        )
+
+
+def _used_after_blacklist(  # noqa: PLR0917 - the record and its listing
+    conn: sqlite3.Connection,
+    site: str,
+    record: AnyRecord,
+    version: int,
+    listing: tuple[int, int, str],
+    at_ms: int,
+) -> None:
+    listed_version, effective_ms, reason = listing
     if version >= listed_version and record.at.timestamp() * 1000 >= effective_ms:
         anomaly(
             conn,

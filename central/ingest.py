@@ -17,22 +17,29 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
-from central.core.ledger import entries_for, moves_money
+from central import anomalies, operations
+from central.core.ledger import Entry, entries_for, moves_money
 from edge_agent.adapters.sqlite_outbox import lane_of
 from protocol.errors import MessageError
 from protocol.messages import (
     AnyRecord,
+    CardIntent,
+    Correction,
     RawRecordBatch,
     RechargeCommit,
+    Refund,
     decode_batch_records,
     decode_record,
     record_kind,
 )
 
 _json = msgspec.json.Encoder()
+_balances = msgspec.json.Decoder(dict[str, int])
 
 
 class UnknownSiteError(Exception):
@@ -88,10 +95,134 @@ def dead_letter(
     )
 
 
+#: Cards the holder cache remembers at most (it starts again past that).
+HOLDERS_MAX = 200_000
+#: Most rows one multi-row statement writes (see :func:`_insert_rows`).
+MAX_ROWS_PER_STATEMENT = 256
+
+_RECORD_COLUMNS = (
+    "INSERT OR IGNORE INTO records (site, epoch, lane, seq, id, kind, payload, digest,"
+    " received_ms, applied) VALUES "
+)
+_RECORD_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RECORD = _RECORD_COLUMNS + _RECORD_VALUES
+_LEDGER_COLUMNS = (
+    "INSERT OR IGNORE INTO ledger (person_id, cash_fen, subsidy_fen, ticket_id,"
+    " ticket_uses, kind, record_id, site, at_ms, pay_ref, ref, created_ms) VALUES "
+)
+_LEDGER_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_LEDGER = _LEDGER_COLUMNS + _LEDGER_VALUES
+#: The balance moves with its ledger entries, and ``covers`` names the record (money travels
+#: in lane 0; the patch replaces this site's ``[epoch, seq]``, keeping the other sites'). Rows
+#: ``(person, cash, subsidy, site, epoch, seq)``.
+_BALANCE_COLUMNS = "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty, covers) VALUES "
+_BALANCE_VALUES = "(?, ?, ?, 1, json_object(?, json_array(?, ?)))"
+_BALANCE_UPSERT = (
+    " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
+    " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1,"
+    " covers = json_patch(covers, excluded.covers)"
+)
+_statements: dict[tuple[str, int], str] = {}
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, columns: str, values: str, rows: list[tuple[Any, ...]], tail: str = ""
+) -> int:
+    """Write ``rows`` with multi-row ``INSERT … VALUES (…), (…)`` statements; returns the
+    rows changed.
+
+    One statement per power-of-two chunk (256, 128, …, 1 rows: a few statement shapes, all
+    kept prepared) rather than one call per row: every sqlite3 call hands the GIL over,
+    and a row-by-row ``executemany`` waits for it back once per row whenever the event
+    loop is busy. ``tail`` follows the rows (an upsert clause).
+    """
+    changed = done = 0
+    while done < len(rows):
+        size = min(1 << ((len(rows) - done).bit_length() - 1), MAX_ROWS_PER_STATEMENT)
+        sql = _statements.get((columns + tail, size))
+        if sql is None:
+            sql = _statements[columns + tail, size] = columns + ",".join([values] * size) + tail
+        params: list[Any] = []
+        for row in rows[done : done + size]:
+            params.extend(row)
+        changed += conn.execute(sql, params).rowcount
+        done += size
+    return changed
+
+
+class HolderCache:
+    """Card UID → the person it is bound to, kept across batches by one writer.
+
+    Every write of master data comes with its row in ``changes`` (:mod:`central.master`), so
+    the map holds until a change of a card appears: :meth:`sync` runs at the start of each
+    batch, inside its transaction, and drops the map when the change log has a card change
+    it has not seen (or went backwards). A transaction that fails to commit can hand its
+    change versions out again, so the store calls :meth:`clear` when a commit fails.
+    """
+
+    __slots__ = ("_head", "_map")
+
+    def __init__(self) -> None:
+        self._map: dict[str, str | None] = {}
+        self._head = -1
+
+    def clear(self) -> None:
+        """Forget everything (a commit failed: what was read may never have been)."""
+        self._map.clear()
+        self._head = -1
+
+    def sync(self, conn: sqlite3.Connection) -> None:
+        """Drop the map if a card changed since the last batch (any writer, any process)."""
+        head = conn.execute("SELECT coalesce(max(version), 0) FROM changes").fetchone()[0]
+        if head == self._head:
+            return
+        if (
+            head < self._head
+            or len(self._map) > HOLDERS_MAX
+            or conn.execute(
+                "SELECT 1 FROM changes WHERE version > ? AND entity = 'card' LIMIT 1",
+                (self._head,),
+            ).fetchone()
+            is not None
+        ):
+            self._map.clear()
+        self._head = head
+
+    def get(self, conn: sqlite3.Connection, uid: str) -> str | None:
+        """The holder of card ``uid`` (None if central does not know the card)."""
+        try:
+            return self._map[uid]
+        except KeyError:
+            person = self._map[uid] = card_holder(conn, uid)
+            return person
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A batch decoded and checked once, ready to store."""
+
+    #: One ``records`` row per record (``_INSERT_RECORD``'s parameters, ``applied = 1``).
+    rows: list[tuple[Any, ...]]
+    #: The valid records, by seq.
+    live: dict[int, AnyRecord]
+    #: Why each dead record is dead, by seq.
+    dead: dict[int, str]
+
+
 def ingest_batch(
-    conn: sqlite3.Connection, site: str, batch: RawRecordBatch, *, topic: str, now_ms: int
+    conn: sqlite3.Connection,
+    site: str,
+    batch: RawRecordBatch,
+    *,
+    topic: str,
+    now_ms: int,
+    holders: HolderCache | None = None,
 ) -> IngestResult:
-    """Store and apply one batch from ``site`` (see the module docstring)."""
+    """Store and apply one batch from ``site`` (see the module docstring).
+
+    ``holders`` keeps card holders across batches (one per writer connection; the store
+    clears it when a commit fails); without it they are looked up once per batch.
+    """
     row = conn.execute("SELECT removed FROM sites WHERE id = ?", (site,)).fetchone()
     if row is None or row[0]:
         raise UnknownSiteError(f"site {site} is not registered at central")
@@ -99,76 +230,47 @@ def ingest_batch(
     conn.execute(
         "INSERT OR IGNORE INTO lanes (site, epoch, lane) VALUES (?, ?, ?)", (site, epoch, lane)
     )
-    new = duplicates = conflicts = dead = 0
-    fresh: dict[int, AnyRecord] = {}  # decoded records stored by this call, by seq
-    for i, item in enumerate(decode_batch_records(batch)):
-        seq = batch.first_seq + i
-        raw = bytes(batch.records[i])
-        digest = hashlib.sha256(raw).digest()
-        if isinstance(item, MessageError):
-            reason = str(item)
-        elif lane_of(record_kind(item)) != lane:
-            reason = f"records[{i}]: a {record_kind(item)} record in lane {lane}"
-        else:
-            reason = ""
-        kind = "dead" if reason else record_kind(item)  # type: ignore[arg-type]
-        rid = f"dead:{site}.{epoch}.{lane}.{seq}" if reason else item.id  # type: ignore[union-attr]
-        inserted = conn.execute(
-            "INSERT OR IGNORE INTO records (site, epoch, lane, seq, id, kind, payload, digest,"
-            " received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (site, epoch, lane, seq, rid, kind, raw, digest, now_ms),
-        ).rowcount
-        if inserted:
-            new += 1
-            if not reason:
-                fresh[seq] = item  # type: ignore[assignment]
-            if reason:
-                dead += 1
-                dead_letter(conn, topic=topic, site=site, reason=reason, payload=raw, at_ms=now_ms)
-            continue
-        existing = conn.execute(
-            "SELECT digest, id FROM records WHERE site = ? AND epoch = ? AND lane = ? AND seq = ?",
-            (site, epoch, lane, seq),
-        ).fetchone()
-        if existing is not None and existing[0] == digest:
-            duplicates += 1
-            continue
-        conflicts += 1
-        if existing is None:
-            # The id is already taken by another (site, epoch, lane, seq): keep the first,
-            # fill this seq as dead so the stream moves on, and tell HQ.
-            conn.execute(
-                "INSERT INTO records (site, epoch, lane, seq, id, kind, payload, digest,"
-                " received_ms) VALUES (?, ?, ?, ?, ?, 'dead', ?, ?, ?)",
-                (
-                    site,
-                    epoch,
-                    lane,
-                    seq,
-                    f"conflict:{site}.{epoch}.{lane}.{seq}",
-                    raw,
-                    digest,
-                    now_ms,
-                ),
-            )
-        anomaly(
-            conn,
-            "duplicate_conflict",
-            site=site,
-            at_ms=now_ms,
-            record_id=rid,
-            epoch=epoch,
-            lane=lane,
-            seq=seq,
-        )
-    acked, applied, money = _advance(conn, site, epoch, lane, now_ms, fresh)
-    max_seen = max(
-        batch.last_seq,
-        conn.execute(
-            "SELECT max_seen_seq FROM lanes WHERE site = ? AND epoch = ? AND lane = ?",
-            (site, epoch, lane),
-        ).fetchone()[0],
-    )
+    acked, max_seen = conn.execute(
+        "SELECT acked_seq, max_seen_seq FROM lanes WHERE site = ? AND epoch = ? AND lane = ?",
+        (site, epoch, lane),
+    ).fetchone()
+    if holders is None:
+        holders = HolderCache()
+    else:
+        holders.sync(conn)
+    prepared = _prepare(site, batch, now_ms)
+    new = duplicates = conflicts = applied = 0
+    money = False
+    fresh: dict[int, AnyRecord] = {}  # decoded records stored by this call, unapplied, by seq
+    if batch.first_seq == acked + 1 and _store_applied(conn, prepared.rows):
+        # The batch continues the watermark and every seq and id is new: stored as applied
+        # in one statement, then its effects in seq order — no second pass over the rows.
+        new = applied = len(prepared.rows)
+        acked = batch.last_seq
+        live = list(prepared.live.items())
+        if lane == 0:  # records of the other lane never move money (else they are dead)
+            money = apply_records(conn, site, epoch, lane, live, now_ms, holders)
+        anomalies.check_records(conn, site, live, at_ms=now_ms)
+    else:
+        for values in prepared.rows:
+            outcome = _store_one(conn, values, now_ms)
+            if outcome == "new":
+                new += 1
+                if values[3] in prepared.live:
+                    fresh[values[3]] = prepared.live[values[3]]
+            elif outcome == "duplicate":
+                duplicates += 1
+                prepared.dead.pop(values[3], None)  # dead-lettered the first time
+            else:
+                conflicts += 1
+                prepared.dead.pop(values[3], None)
+    for seq, reason in prepared.dead.items():
+        raw = prepared.rows[seq - batch.first_seq][6]
+        dead_letter(conn, topic=topic, site=site, reason=reason, payload=bytes(raw), at_ms=now_ms)
+    acked, walked, moved = _advance(conn, site, epoch, lane, acked, now_ms, fresh, holders)
+    applied += walked
+    money |= moved
+    max_seen = max(batch.last_seq, max_seen)
     gap = max_seen > acked
     conn.execute(
         "UPDATE lanes SET acked_seq = ?, max_seen_seq = ?,"
@@ -184,11 +286,77 @@ def ingest_batch(
         new=new,
         duplicates=duplicates,
         conflicts=conflicts,
-        dead=dead,
+        dead=len(prepared.dead),
         applied=applied,
         gap=gap,
         money=money,
     )
+
+
+def _prepare(site: str, batch: RawRecordBatch, now_ms: int) -> _Batch:
+    """Decode and check each record once: its ``records`` row, and whether it is dead."""
+    epoch, lane, first = batch.epoch, batch.lane, batch.first_seq
+    out = _Batch([], {}, {})
+    sha256 = hashlib.sha256
+    for i, (raw, item) in enumerate(zip(batch.records, decode_batch_records(batch), strict=True)):
+        seq = first + i
+        if isinstance(item, MessageError):
+            reason = str(item)
+        else:
+            kind = record_kind(item)
+            if lane_of(kind) == lane:
+                out.rows.append(
+                    (site, epoch, lane, seq, item.id, kind, raw, sha256(raw).digest(), now_ms, 1)
+                )
+                out.live[seq] = item
+                continue
+            reason = f"records[{i}]: a {kind} record in lane {lane}"
+        rid = f"dead:{site}.{epoch}.{lane}.{seq}"
+        out.rows.append((site, epoch, lane, seq, rid, "dead", raw, sha256(raw).digest(), now_ms, 1))
+        out.dead[seq] = reason
+    return out
+
+
+def _store_applied(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> bool:
+    """Insert every row as applied in one statement; False (nothing written) if any seq or
+    id was already taken."""
+    conn.execute("SAVEPOINT batch_rows")
+    stored = _insert_rows(conn, _RECORD_COLUMNS, _RECORD_VALUES, rows)
+    if stored != len(rows):
+        conn.execute("ROLLBACK TO batch_rows")
+    conn.execute("RELEASE batch_rows")
+    return stored == len(rows)
+
+
+def _store_one(conn: sqlite3.Connection, values: tuple[Any, ...], now_ms: int) -> str:
+    """Store one record, unapplied: "new", "duplicate" (the same bytes again) or "conflict"."""
+    site, epoch, lane, seq, rid, _, raw, digest = values[:8]
+    if conn.execute(_INSERT_RECORD, (*values[:9], 0)).rowcount:
+        return "new"
+    existing = conn.execute(
+        "SELECT digest, id FROM records WHERE site = ? AND epoch = ? AND lane = ? AND seq = ?",
+        (site, epoch, lane, seq),
+    ).fetchone()
+    if existing is not None and existing[0] == digest:
+        return "duplicate"
+    if existing is None:
+        # The id is already taken by another (site, epoch, lane, seq): keep the first, fill
+        # this seq as dead so the stream moves on, and tell HQ.
+        conflict = f"conflict:{site}.{epoch}.{lane}.{seq}"
+        conn.execute(
+            _INSERT_RECORD, (site, epoch, lane, seq, conflict, "dead", raw, digest, now_ms, 0)
+        )
+    anomaly(
+        conn,
+        "duplicate_conflict",
+        site=site,
+        at_ms=now_ms,
+        record_id=rid,
+        epoch=epoch,
+        lane=lane,
+        seq=seq,
+    )
+    return "conflict"
 
 
 def _advance(  # noqa: PLR0917 - the coordinates of one lane
@@ -196,30 +364,30 @@ def _advance(  # noqa: PLR0917 - the coordinates of one lane
     site: str,
     epoch: int,
     lane: int,
+    acked: int,
     now_ms: int,
     decoded: dict[int, AnyRecord],
+    holders: HolderCache,
 ) -> tuple[int, int, bool]:
-    acked = conn.execute(
-        "SELECT acked_seq FROM lanes WHERE site = ? AND epoch = ? AND lane = ?",
-        (site, epoch, lane),
-    ).fetchone()[0]
+    """Move the watermark over stored, unapplied seqs that follow it; apply them in order."""
     rows = conn.execute(
         "SELECT seq, kind FROM records"
         " WHERE site = ? AND epoch = ? AND lane = ? AND applied = 0 AND seq > ? ORDER BY seq",
         (site, epoch, lane, acked),
     ).fetchall()
+    walked: list[tuple[int, AnyRecord]] = []
     applied = 0
-    money = False
-    holders: dict[str, str | None] = {}  # card → person, for this walk
     for seq, kind in rows:
         if seq != acked + 1:
             break  # a gap: wait for it (or ask for it) before applying anything after it
         if kind != "dead":
-            record = decoded.get(seq) or _stored(conn, site, epoch, lane, seq)
-            money |= apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
+            walked.append((seq, decoded.get(seq) or _stored(conn, site, epoch, lane, seq)))
         acked = seq
         applied += 1
+    money = False
     if applied:
+        money = apply_records(conn, site, epoch, lane, walked, now_ms, holders)
+        anomalies.check_records(conn, site, walked, at_ms=now_ms)
         conn.execute(
             "UPDATE records SET applied = 1 WHERE site = ? AND epoch = ? AND lane = ?"
             " AND applied = 0 AND seq <= ?",
@@ -247,6 +415,118 @@ def card_holder(conn: sqlite3.Connection, uid: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def apply_records(  # noqa: PLR0917 - the coordinates of one lane
+    conn: sqlite3.Connection,
+    site: str,
+    epoch: int,
+    lane: int,
+    records: list[tuple[int, AnyRecord]],
+    now_ms: int,
+    holders: HolderCache,
+) -> bool:
+    """Put the effects of ``(seq, record)``s, in seq order, in the ledger; True if a balance
+    changed.
+
+    The ledger entries go in with one statement and each account moves once (by the sum of
+    its entries, ``covers`` naming its last record), its balance checked after every entry
+    as if they were applied one by one. If any entry is refused (a payment already
+    credited), the entries are undone and the records applied one at a time instead.
+    """
+    if any(isinstance(record, CardIntent) for _, record in records):
+        return _apply_in_order(conn, site, epoch, lane, records, now_ms, holders)
+    postings: list[tuple[int, AnyRecord, Entry]] = []
+    changed = False
+    for seq, record in records:
+        if not moves_money(record):
+            continue
+        if lane != 0:  # ingest dead-letters these first; covers below assume lane 0
+            raise ValueError(f"a money record in lane {lane}")
+        person = holders.get(conn, record.card_uid) if record.card_uid else None
+        entries = entries_for(record, person)
+        if not entries:
+            _unplaceable(conn, site, record, now_ms)
+            continue
+        changed = True
+        postings.extend((seq, record, entry) for entry in entries)
+    if not postings:
+        return changed
+    conn.execute("SAVEPOINT ledger_entries")
+    added = _insert_rows(
+        conn,
+        _LEDGER_COLUMNS,
+        _LEDGER_VALUES,
+        [_ledger_row(record, entry, site, now_ms) for _, record, entry in postings],
+    )
+    if added != len(postings):
+        conn.execute("ROLLBACK TO ledger_entries")
+        conn.execute("RELEASE ledger_entries")
+        for seq, record in records:
+            apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
+        return changed
+    conn.execute("RELEASE ledger_entries")
+    moves: dict[str, list[int]] = {}  # person → [cash, subsidy, last seq]
+    for seq, _, entry in postings:
+        move = moves.setdefault(entry.person_id, [0, 0, seq])
+        move[0] += entry.cash_fen
+        move[1] += entry.subsidy_fen
+        move[2] = seq
+    found = conn.execute(
+        "SELECT json_group_object(person_id, cash_fen + subsidy_fen) FROM accounts"
+        " WHERE person_id IN (SELECT value FROM json_each(?))",
+        (_json.encode(list(moves)).decode(),),
+    ).fetchone()[0]
+    balances: dict[str, int] = _balances.decode(found)
+    for _, record, entry in postings:
+        balance = balances.get(entry.person_id, 0) + entry.cash_fen + entry.subsidy_fen
+        balances[entry.person_id] = balance
+        if balance < 0:
+            _overdrawn(conn, site, record, entry.person_id, balance, now_ms)
+    _insert_rows(
+        conn,
+        _BALANCE_COLUMNS,
+        _BALANCE_VALUES,
+        [
+            (person, cash, subsidy, site, epoch, seq)
+            for person, (cash, subsidy, seq) in moves.items()
+        ],
+        _BALANCE_UPSERT,
+    )
+    _restore_late_subsidy(conn, [(record, entry) for _, record, entry in postings], now_ms)
+    return changed
+
+
+def _apply_in_order(  # noqa: PLR0917 - the coordinates of one lane
+    conn: sqlite3.Connection,
+    site: str,
+    epoch: int,
+    lane: int,
+    records: list[tuple[int, AnyRecord]],
+    now_ms: int,
+    holders: HolderCache,
+) -> bool:
+    """One record at a time: a branch's card intent is decided where it stands in the
+    stream (a card issued at the desk, then recharged at the kiosk)."""
+    changed = False
+    for seq, record in records:
+        if isinstance(record, CardIntent):
+            operations.execute_intent(conn, record, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+            holders.clear()  # the intent may have bound or moved a card
+            continue
+        changed |= apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
+    return changed
+
+
+def _restore_late_subsidy(
+    conn: sqlite3.Connection, posted: list[tuple[AnyRecord, Entry]], now_ms: int
+) -> None:
+    spends = [
+        (record.id, entry.person_id, record.at, -entry.subsidy_fen)
+        for record, entry in posted
+        if entry.kind == "purchase" and entry.subsidy_fen < 0
+    ]
+    operations.restore_late_subsidy(conn, spends, now=datetime.fromtimestamp(now_ms / 1000, UTC))
+
+
 def apply_record(  # noqa: PLR0917 - the coordinates of one record
     conn: sqlite3.Connection,
     site: str,
@@ -255,7 +535,7 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
     seq: int,
     record: AnyRecord,
     now_ms: int,
-    holders: dict[str, str | None] | None = None,
+    holders: HolderCache | None = None,
 ) -> bool:
     """Put one record's effects in the ledger; True if a balance changed."""
     if not moves_money(record):
@@ -264,43 +544,14 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
         raise ValueError(f"a money record in lane {lane}")
     person = None
     if record.card_uid:
-        cache = {} if holders is None else holders
-        if record.card_uid not in cache:
-            cache[record.card_uid] = card_holder(conn, record.card_uid)
-        person = cache[record.card_uid]
+        person = (holders or HolderCache()).get(conn, record.card_uid)
     entries = entries_for(record, person)
     if not entries:
-        anomaly(
-            conn,
-            "unplaceable_money",
-            site=site,
-            at_ms=now_ms,
-            record_id=record.id,
-            card_uid=record.card_uid,
-            why="card not known at central",
-        )
+        _unplaceable(conn, site, record, now_ms)
         return False
-    at_ms = int(record.at.timestamp() * 1000)
     pay_ref = record.pay_ref if isinstance(record, RechargeCommit) else None
     for entry in entries:
-        added = conn.execute(
-            "INSERT OR IGNORE INTO ledger (person_id, cash_fen, subsidy_fen, ticket_id,"
-            " ticket_uses, kind, record_id, site, at_ms, pay_ref)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.person_id,
-                entry.cash_fen,
-                entry.subsidy_fen,
-                entry.ticket_id,
-                entry.ticket_uses,
-                entry.kind,
-                record.id,
-                site,
-                at_ms,
-                pay_ref,
-            ),
-        ).rowcount
-        if not added:
+        if not conn.execute(_INSERT_LEDGER, _ledger_row(record, entry, site, now_ms)).rowcount:
             if pay_ref is not None:
                 # Another record already credited this payment (a kiosk whose database was
                 # recreated, a second site): credit once, tell HQ.
@@ -313,47 +564,64 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
                     pay_ref=pay_ref,
                 )
             continue
-        # One statement: the balance moves with its ledger entry, ``covers`` names the
-        # record (money travels in lane 0), and the new balance comes back for the check.
         balance = conn.execute(
-            "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty, covers)"
-            " VALUES (?, ?, ?, 1, json_object(?, json_array(?, ?)))"
-            " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
-            " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1,"
-            " covers = json_set(covers, ?, json_array(?, ?))"
-            " RETURNING cash_fen + subsidy_fen",
-            (
-                entry.person_id,
-                entry.cash_fen,
-                entry.subsidy_fen,
-                site,
-                epoch,
-                seq,
-                f'$."{site}"',
-                epoch,
-                seq,
-            ),
+            _BALANCE_COLUMNS
+            + _BALANCE_VALUES
+            + _BALANCE_UPSERT
+            + " RETURNING cash_fen + subsidy_fen",
+            (entry.person_id, entry.cash_fen, entry.subsidy_fen, site, epoch, seq),
         ).fetchone()[0]
         if balance < 0:
-            anomaly(
-                conn,
-                "negative_balance",
-                site=site,
-                at_ms=now_ms,
-                record_id=record.id,
-                person_id=entry.person_id,
-                balance_fen=balance,
-            )
+            _overdrawn(conn, site, record, entry.person_id, balance, now_ms)
+        _restore_late_subsidy(conn, [(record, entry)], now_ms)
     return True
 
 
-def add_to_account(
-    conn: sqlite3.Connection, person_id: str, cash_fen: int, subsidy_fen: int
+def _ledger_row(record: AnyRecord, entry: Entry, site: str, now_ms: int) -> tuple[object, ...]:
+    """A ledger row: a site's refund or correction names the sale it adjusts (``ref``), so
+    HQ's own corrections of that sale account for it; ``created_ms`` is when central
+    booked it (a late offline record reopens its business day)."""
+    return (
+        entry.person_id,
+        entry.cash_fen,
+        entry.subsidy_fen,
+        entry.ticket_id,
+        entry.ticket_uses,
+        entry.kind,
+        record.id,
+        site,
+        int(record.at.timestamp() * 1000),
+        record.pay_ref if isinstance(record, RechargeCommit) else None,
+        record.original_id if isinstance(record, Refund | Correction) else None,
+        now_ms,
+    )
+
+
+def _unplaceable(conn: sqlite3.Connection, site: str, record: AnyRecord, now_ms: int) -> None:
+    anomaly(
+        conn,
+        "unplaceable_money",
+        site=site,
+        at_ms=now_ms,
+        record_id=record.id,
+        card_uid=record.card_uid,
+        why="card not known at central",
+    )
+
+
+def _overdrawn(  # noqa: PLR0917 - one anomaly's facts
+    conn: sqlite3.Connection,
+    site: str,
+    record: AnyRecord,
+    person_id: str,
+    balance: int,
+    now_ms: int,
 ) -> None:
-    """Add to a balance (only ever together with the ledger entry that explains it)."""
-    conn.execute(
-        "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty) VALUES (?, ?, ?, 1)"
-        " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
-        " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1",
-        (person_id, cash_fen, subsidy_fen),
+    anomalies.negative_balance(
+        conn,
+        site=site,
+        record_id=record.id,
+        person_id=person_id,
+        balance_fen=balance,
+        at_ms=now_ms,
     )

@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-from central.ingest import add_to_account
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.core.model import (
     AccessGrant,
@@ -218,6 +217,18 @@ def apply_seed(conn: sqlite3.Connection, seed: CentralSeed, *, batch: str) -> di
         for level in data.access_levels:
             put(site, "access_level", level.id, level)
     return counts
+
+
+def add_to_account(
+    conn: sqlite3.Connection, person_id: str, cash_fen: int, subsidy_fen: int
+) -> None:
+    """Add to a balance (only ever together with the ledger entry that explains it)."""
+    conn.execute(
+        "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty) VALUES (?, ?, ?, 1)"
+        " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
+        " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1",
+        (person_id, cash_fen, subsidy_fen),
+    )
 
 
 # -- balances on the feed ---------------------------------------------------------------------

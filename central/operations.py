@@ -50,7 +50,12 @@ from central.core.state import (
     Policy,
     State,
 )
-from central.core.subsidy import ExpireSubsidy, GrantSubsidy
+from central.core.subsidy import (
+    ExpireSubsidy,
+    ExpiryFact,
+    GrantSubsidy,
+    restore_for_late_spend,
+)
 from central.core.tickets import SellTicket
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.core.model import Account, Card, Person, Ticket
@@ -528,3 +533,55 @@ def load_original(conn: sqlite3.Connection, record_id: str) -> OriginalPurchase 
         subsidy_fen=record.subsidy_fen,
         adjustments=adjustments,
     )
+
+
+# -- subsidy spent before an expiry that reached central first ---------------------------------
+
+
+def restore_late_subsidy(
+    conn: sqlite3.Connection, spends: list[tuple[str, str, datetime, int]], *, now: datetime
+) -> int:
+    """Give back subsidy an expiry took although offline sales had spent it before the
+    expiry: ``spends`` are (record id, person, spent at, subsidy fen spent) of site sales
+    just applied. One ``subsidy_restore`` entry per late sale (key ``restore:{record}``), never
+    more than the expiry took. Returns how many were posted."""
+    if not spends:
+        return 0
+    first = min(at for _, _, at, _ in spends)
+    if (
+        conn.execute(
+            "SELECT 1 FROM ledger WHERE site IS NULL AND at_ms > ?"
+            " AND kind IN ('subsidy_expire', 'subsidy_forfeit') LIMIT 1",
+            (_ms(first),),
+        ).fetchone()
+        is None
+    ):
+        return 0  # no expiry since the oldest of these sales: the common case
+    posted = 0
+    for record_id, person, spent_at, fen in spends:
+        row = conn.execute(
+            "SELECT record_id, kind, subsidy_fen, at_ms FROM ledger WHERE person_id = ?"
+            " AND kind IN ('subsidy_expire', 'subsidy_forfeit') AND at_ms > ?"
+            " ORDER BY at_ms LIMIT 1",
+            (person, _ms(spent_at)),
+        ).fetchone()
+        if row is None:
+            continue
+        restored = conn.execute(
+            "SELECT coalesce(sum(subsidy_fen), 0) FROM ledger"
+            " WHERE kind = 'subsidy_restore' AND ref = ?",
+            (row[0],),
+        ).fetchone()[0]
+        fact = ExpiryFact(
+            entry_id=str(row[0]),
+            person_id=person,
+            at=datetime.fromtimestamp(row[3] / 1000, UTC),
+            expired_fen=-int(row[2]),
+            restored_fen=int(restored),
+        )
+        posting = restore_for_late_spend(
+            fact, record_id=record_id, spent_at=spent_at, subsidy_fen=fen, now=now
+        )
+        if posting is not None and post(conn, posting, site=None):
+            posted += 1
+    return posted

@@ -33,8 +33,8 @@ import aiomqtt
 import msgspec
 import structlog
 
-from central import master
-from central.adapters.sqlite_store import CentralStore
+from central import anomalies, finance, master
+from central.adapters.sqlite_store import CentralStore, StoreError
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_store import now_ms
@@ -62,6 +62,8 @@ PUBLISH_INTERVAL_S = 0.1
 #: publishing each of them every 100 ms would cost HQ and the sites more than the sales.
 BALANCE_FLUSH_S = 1.0
 GAP_WAIT_S = 2.0
+#: How often 单边账, long gaps and late-reopened clearing days are looked for.
+HOUSEKEEPING_S = 60.0
 RESEND_EVERY_S = 5.0
 #: Sites sent their feed changes at once by the publisher.
 FANOUT = 32
@@ -87,6 +89,8 @@ class CentralService:
     stats: dict[str, int] = field(default_factory=dict)
     _client: aiomqtt.Client | None = None
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGEST_CONCURRENCY))
+    #: Per (site, epoch, lane) with an ack being published: the newest watermark to send.
+    _acks: dict[tuple[str, int, int], int] = field(default_factory=dict)
     _last_head: int = 0
     _last_flush: float = 0.0
 
@@ -149,6 +153,7 @@ class CentralService:
                     group.create_task(self._consume(client, group))
                     group.create_task(self._publisher())
                     group.create_task(self._gap_watch())
+                    group.create_task(self._housekeeping())
                     group.create_task(self._until_stopped())
             except* _Stopped:
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -205,7 +210,9 @@ class CentralService:
                 return
             try:
                 result = await self.store.run(
-                    lambda conn: ingest_batch(conn, site, batch, topic=topic, now_ms=now_ms())
+                    lambda conn: ingest_batch(
+                        conn, site, batch, topic=topic, now_ms=now_ms(), holders=self.store.holders
+                    )
                 )
             except UnknownSiteError as exc:
                 await self._dead_letter(topic, site, str(exc), payload)
@@ -217,12 +224,30 @@ class CentralService:
             self.count("records_new", result.new)
             self.count("records_duplicate", result.duplicates)
             self.count("records_dead", result.dead)
-            await self._publish(
-                site_topic(site, Channel.DOWN_ACK),
-                encode(Ack(epoch=result.epoch, lane=result.lane, acked_seq=result.acked_seq)),  # type: ignore[arg-type]
-            )
+            await self._ack(site, result.epoch, result.lane, result.acked_seq)
         finally:
             self._slots.release()
+
+    async def _ack(self, site: str, epoch: int, lane: int, acked_seq: int) -> None:
+        """Publish a lane's watermark (committed: the caller's transaction is). While one ack
+        of the lane is on its way, newer ones wait and only the newest goes next: batches
+        committed together get one ack, not one each."""
+        key = (site, epoch, lane)
+        if key in self._acks:
+            self._acks[key] = max(self._acks[key], acked_seq)
+            return  # the task publishing this lane's ack sends it next
+        self._acks[key] = acked_seq
+        try:
+            while True:
+                sent = self._acks[key]
+                await self._publish(
+                    site_topic(site, Channel.DOWN_ACK),
+                    encode(Ack(epoch=epoch, lane=lane, acked_seq=sent)),  # type: ignore[arg-type]
+                )
+                if self._acks[key] == sent:
+                    return
+        finally:
+            del self._acks[key]
 
     async def _state(self, site: str, topic: str, payload: bytes) -> None:
         if not payload:
@@ -363,6 +388,26 @@ class CentralService:
                 for i in range(0, len(sites), FANOUT):
                     await asyncio.gather(*(self._send_changes(s) for s in sites[i : i + FANOUT]))
             await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _housekeeping(self) -> None:
+        """Every ``HOUSEKEEPING_S``: 单边账 and long seq gaps become anomalies, and cleared
+        days that late offline records changed get their new revision."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            try:
+                await self.store.run(finance.flag_uncommitted)
+                await self.store.run(lambda conn: anomalies.flag_gaps(conn, now_ms=now_ms()))
+                revised = await self.store.run(finance.refresh)
+            except (StoreError, sqlite3.Error, ValueError) as exc:  # never end the session
+                log.warning("central.housekeeping_failed", error=str(exc))
+                continue
+            for report in revised:
+                log.info(
+                    "central.clearing_revised",
+                    site=report.site or "HQ",
+                    day=report.business_day.isoformat(),
+                    revision=report.revision,
+                )
 
     async def _gap_watch(self) -> None:
         while True:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
 from central.adapters.sqlite_schema import MIGRATIONS
+from central.ingest import HolderCache
 from edge_agent.adapters.sqlite_migrations import migrate
 from edge_agent.adapters.sqlite_store import GroupCommitDB, StoreError, StoreUnavailableError
 
@@ -19,6 +21,9 @@ __all__ = ["CentralStore", "StoreError", "StoreUnavailableError"]
 @dataclass(kw_only=True)
 class CentralStore(GroupCommitDB):
     """HQ's database. Use as ``async with CentralStore.open(path) as store``."""
+
+    #: Card holders as ingest last read them, for the writer connection's batches.
+    holders: HolderCache = field(default_factory=HolderCache)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -34,3 +39,11 @@ class CentralStore(GroupCommitDB):
     def migrate(self, conn: sqlite3.Connection) -> None:
         """Central's numbered migrations."""
         migrate(conn, MIGRATIONS + OPS_MIGRATIONS)
+
+    def _commit_batch(self, batch: list[Any]) -> list[tuple[bool, Any]]:
+        try:
+            return super()._commit_batch(batch)
+        except BaseException:
+            # Rolled back: what ingest read inside the transaction may never have been.
+            self.holders.clear()
+            raise
