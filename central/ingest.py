@@ -464,6 +464,9 @@ def apply_records(  # noqa: PLR0917 - the coordinates of one lane
             apply_record(conn, site, epoch, lane, seq, record, now_ms, holders)
         return changed
     conn.execute("RELEASE ledger_entries")
+    # Subsidy an expiry took from these sales goes back first: the balance check below must
+    # see the account as it ends, not flag an overdraft the restore itself repairs.
+    _restore_late_subsidy(conn, [(record, entry) for _, record, entry in postings], now_ms)
     moves: dict[str, list[int]] = {}  # person → [cash, subsidy, last seq]
     for seq, _, entry in postings:
         move = moves.setdefault(entry.person_id, [0, 0, seq])
@@ -491,7 +494,6 @@ def apply_records(  # noqa: PLR0917 - the coordinates of one lane
         ],
         _BALANCE_UPSERT,
     )
-    _restore_late_subsidy(conn, [(record, entry) for _, record, entry in postings], now_ms)
     return changed
 
 
@@ -564,6 +566,7 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
                     pay_ref=pay_ref,
                 )
             continue
+        _restore_late_subsidy(conn, [(record, entry)], now_ms)  # first: see apply_records
         balance = conn.execute(
             _BALANCE_COLUMNS
             + _BALANCE_VALUES
@@ -573,7 +576,6 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
         ).fetchone()[0]
         if balance < 0:
             _overdrawn(conn, site, record, entry.person_id, balance, now_ms)
-        _restore_late_subsidy(conn, [(record, entry)], now_ms)
     return True
 
 

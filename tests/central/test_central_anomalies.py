@@ -15,6 +15,7 @@ import pytest
 from central import anomalies, master, operations
 from central.adapters.sqlite_store import CentralStore
 from central.core.cards import ReportLost
+from central.core.state import Policy
 from central.core.subsidy import ExpireSubsidy, GrantSubsidy
 from central.ingest import ingest_batch
 from protocol.messages import (
@@ -188,3 +189,34 @@ async def test_subsidy_an_expiry_took_is_given_back_to_a_sale_made_before_it(sto
     assert balance == [(0,)]  # granted 500, expired 500, spent 300 before expiry, given back 300
     await send(store, 0, [sale], now=T0 + timedelta(hours=4))  # resent: restored once
     assert await rows(store, "SELECT count(*) FROM ledger WHERE kind = 'subsidy_restore'") == [(1,)]
+
+
+async def test_a_restored_sale_is_not_an_overdraft(store):
+    await store.run(lambda conn: operations.save_policy(conn, Policy(freeze_on_negative=True)))
+    grant = GrantSubsidy(
+        request_id="g1",
+        operator="hq",
+        source="hq:cli",
+        person_ids=("P1",),
+        amount_fen=5000,
+        expires_at=T0 + timedelta(hours=1),
+    )
+    await store.run(lambda conn: operations.execute(conn, grant, now=T0))
+    expire = ExpireSubsidy(request_id="x1", operator="hq", source="hq:cli", person_ids=("P1",))
+    await store.run(lambda conn: operations.execute(conn, expire, now=T0 + timedelta(hours=2)))
+    # ¥10.00 cash left; an offline sale of ¥45.00 made before the expiry, mostly subsidy.
+    sale = Purchase(
+        **base(0, 1, T0 + timedelta(minutes=30), offline=True),
+        terminal="POS-1",
+        approved=True,
+        reason="ok",
+        amount=4500,
+        subsidy_fen=4500,
+    )
+    await send(store, 0, [sale], now=T0 + timedelta(hours=3))
+    assert await rows(store, "SELECT cash_fen, subsidy_fen FROM accounts") == [(1000, 0)]
+    assert await rows(store, "SELECT count(*) FROM anomalies") == [(0,)]
+    card = await rows(
+        store, "SELECT json_extract(data, '$.status') FROM master WHERE key = '04A1B2C3D4E5F6'"
+    )
+    assert card == [("active",)]
