@@ -24,7 +24,11 @@ from edge_agent.adapters.mqtt_client import BrokerSettings
 from edge_agent.adapters.mqtt_sync import EdgeSync
 from edge_agent.adapters.sqlite_store import EdgeStore
 from edge_agent.adapters.systemd_notify import notify, watchdog_interval_s
-from edge_agent.adapters.terminal_server import TerminalRegistry, TerminalSession
+from edge_agent.adapters.terminal_server import (
+    TerminalRegistry,
+    TerminalSession,
+    start_tcp_server,
+)
 from edge_agent.adapters.transport import open_stream, parse_endpoint
 from edge_agent.adapters.waiting import wait_event
 from edge_agent.config import EdgeConfig
@@ -67,7 +71,7 @@ class EdgeService:
                     group.create_task(sync.run(), name="sync")
                 address = config.listen_address()
                 if address is not None:
-                    server = await asyncio.start_server(self._on_tcp, *address)
+                    server = await start_tcp_server(self._on_tcp, *address)
                     self.tcp_port = int(server.sockets[0].getsockname()[1])
                 for url in config.terminals.serial:
                     group.create_task(self._serve_serial(url), name=f"serial:{url}")

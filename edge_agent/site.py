@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from typing import Any
 
@@ -102,6 +102,7 @@ class Site:
     def __post_init__(self) -> None:
         self.policy = SitePolicy(site=self.store.site)
         self._no_meals = self.policy
+        self._day: tuple[tzinfo, datetime, datetime, int, int] | None = None
 
     @property
     def site(self) -> str:
@@ -142,7 +143,7 @@ class Site:
             )
 
         try:
-            await self.store.run(op)
+            await self.store.run(op, quick=True)
         except StoreError as exc:
             log.exception("dead_letter.failed", source=source, error=str(exc))
 
@@ -164,7 +165,10 @@ class Site:
         else:
             return msg.Error(code="unsupported", message=f"{type(body).__name__} not accepted")
         try:
-            reply = await self.store.run(op)
+            # A tap, a recharge phase or an event is a handful of indexed statements: quick
+            # (run on the event loop, see sqlite_store). An upload of buffered records may be
+            # long: it runs on the writer thread.
+            reply = await self.store.run(op, quick=not isinstance(body, msg.RecordUpload))
         except Exception as exc:
             log.exception("request.failed", terminal=terminal.id, error=repr(exc))
             return _failure(body)
@@ -345,10 +349,20 @@ class Site:
         price = config.get("price_fen")
         return (price if isinstance(price, int) else None), []
 
+    def _day_bounds_ms(self, now: datetime) -> tuple[int, int]:
+        """Unix ms ``[start, end)`` of the site-local day containing ``now``
+        (:func:`local_day_bounds`), kept until ``now`` leaves it or the time zone changes."""
+        zone = site_zone(self.policy.timezone)
+        cached = self._day
+        if cached is None or cached[0] is not zone or not (cached[1] <= now < cached[2]):
+            start, end = local_day_bounds(now, zone)
+            cached = self._day = (zone, start, end, _ms(start), _ms(end))
+        return cached[3], cached[4]
+
     def _offline(
         self, conn: sqlite3.Connection, person_id: str | None, now: datetime
     ) -> OfflineState | None:
-        # Read once: this runs on the store's writer thread while the sync flips
+        # Read once: this may run on the store's writer thread while the sync flips
         # ``offline_since`` from the event loop (a second read may see None).
         since = self.offline_since
         if since is None:
@@ -361,22 +375,22 @@ class Site:
         self, terminal: RegisteredTerminal, tap: msg.Tap, now: datetime, conn: sqlite3.Connection
     ) -> tuple[msg.Body, str | None]:
         amount, lines = self._price(terminal, tap)
-        card = facts.card_facts(conn, tap.uid)
-        person_id = card.card.person_id if card.card else None
         zone = site_zone(self.policy.timezone)
+        day_start_ms, day_end_ms = self._day_bounds_ms(now)
+        card, account, pending, spent_today = facts.card_purchase_facts(
+            conn, tap.uid, day_start_ms, day_end_ms
+        )
+        person_id = card.card.person_id if card.card else None
         service = terminal.config.get("service")
         service = service if isinstance(service, str) else None
-        account = facts.account(conn, person_id) if person_id else None
         covers = account.covers_seq if account else 0
         # Meal periods and their limits apply at canteen tills only (config `canteen: true`);
         # a shop or bar till at the same site sells without them.
         canteen = terminal.config.get("canteen") is True
         policy = self.policy if canteen else self._no_meals
-        spent_today = meal_count = meal_spent = 0
+        meal_count = meal_spent = 0
         if person_id is not None:
-            start, end = local_day_bounds(now, zone)
-            _, spent_today = facts.spent_between(conn, person_id, start, end)
-            period = current_meal_period(now, policy)
+            period = current_meal_period(now, policy) if policy.meal_periods else None
             if period is not None:
                 m_start, m_end = meal_period_bounds(now, period, zone)
                 meal_count, meal_spent = facts.spent_between(
@@ -385,7 +399,7 @@ class Site:
         purchase_facts = PurchaseFacts(
             card=card,
             account=account,
-            pending=facts.pending(conn, person_id, covers) if person_id else Purses(),
+            pending=pending,
             tickets=facts.tickets(conn, person_id, service, covers)
             if person_id and service
             else (),

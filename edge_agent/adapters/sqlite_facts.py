@@ -65,6 +65,64 @@ def card_facts(conn: sqlite3.Connection, uid: str) -> CardFacts:
     return CardFacts(uid=uid, card=card, person=person, blacklisted=bool(row[9]))
 
 
+_CARD_PURCHASE_SQL = (
+    "SELECT c.person_id, c.status, c.valid_from_ms, c.valid_to_ms, c.card_type,"
+    " p.name, p.number, p.kind, p.department,"
+    " EXISTS (SELECT 1 FROM blacklist b WHERE b.uid = c.uid),"
+    " a.person_id, a.cash_fen, a.subsidy_fen, a.subsidy_expires_ms, a.covers_seq,"
+    " a.txn_limit_fen, a.daily_limit_fen,"
+    " (SELECT coalesce(sum(d.cash_fen), 0) FROM local_deltas d"
+    "  WHERE d.person_id = c.person_id AND d.seq > coalesce(a.covers_seq, 0)),"
+    " (SELECT coalesce(sum(d.subsidy_fen), 0) FROM local_deltas d"
+    "  WHERE d.person_id = c.person_id AND d.seq > coalesce(a.covers_seq, 0)),"
+    " (SELECT coalesce(sum(u.amount), 0) FROM purchases u"
+    "  WHERE u.person_id = c.person_id AND u.at_ms >= ? AND u.at_ms < ?)"
+    " FROM cards c LEFT JOIN persons p ON p.id = c.person_id"
+    " LEFT JOIN accounts a ON a.person_id = c.person_id WHERE c.uid = ?"
+)
+
+
+def card_purchase_facts(
+    conn: sqlite3.Connection, uid: str, day_start_ms: int, day_end_ms: int
+) -> tuple[CardFacts, Account | None, Purses, int]:
+    """What every sale needs, in one query: :func:`card_facts`, the holder's
+    :func:`account`, :func:`pending` above its ``covers_seq`` and money spent in
+    ``[day_start_ms, day_end_ms)`` (:func:`spent_between`). An unknown card has no account,
+    nothing pending and nothing spent."""
+    row = conn.execute(_CARD_PURCHASE_SQL, (day_start_ms, day_end_ms, uid)).fetchone()
+    if row is None:
+        return card_facts(conn, uid), None, Purses(), 0
+    person_id = row[0]
+    card = Card(
+        uid=uid,
+        person_id=person_id,
+        status=CardStatus(row[1]),
+        valid_from=dt(row[2]),
+        valid_to=dt(row[3]),
+        card_type=row[4],
+    )
+    person = None
+    if row[5] is not None:
+        person = Person(id=person_id, name=row[5], number=row[6], kind=row[7], department=row[8])
+    account = None
+    if row[10] is not None:
+        account = Account(
+            person_id=person_id,
+            cash_fen=row[11],
+            subsidy_fen=row[12],
+            subsidy_expires_at=dt(row[13]),
+            covers_seq=row[14],
+            txn_limit_fen=row[15],
+            daily_limit_fen=row[16],
+        )
+    return (
+        CardFacts(uid=uid, card=card, person=person, blacklisted=bool(row[9])),
+        account,
+        Purses(cash_fen=int(row[17]), subsidy_fen=int(row[18])),
+        int(row[19]),
+    )
+
+
 def door_for_terminal(
     conn: sqlite3.Connection, terminal_id: str, door_id: str | None
 ) -> tuple[Door, DoorGroup] | None:

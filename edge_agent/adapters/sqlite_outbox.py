@@ -6,9 +6,12 @@ after an outage the money lane can sync first without leaving gaps central would
 and a balance's ``covers`` can name one lane-0 seq.
 
 Functions here run inside a store operation (on the writer connection, in a transaction).
-``seq`` comes from a per-lane counter in ``meta`` updated in the same transaction as the
-insert, so a rolled-back operation gives its number back and the sequence has no holes; it
-is never reused within an epoch, even after acked rows are pruned.
+``seq`` comes from a per-lane counter, ``meta`` row ``next_seq_{lane}``, written in the same
+transaction as the insert, so a rolled-back operation gives its number back and the sequence
+has no holes; it is never reused within an epoch, even after acked rows are pruned. On a
+store's writer connection the counter is held in memory and its row written once per
+transaction (:class:`~edge_agent.adapters.sqlite_store.MetaCounters`); on a plain connection
+the row is read and updated per record.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ MONEY_KINDS = frozenset(
     }
 )
 _encoder = msgspec.json.Encoder()
+_COUNTER_KEYS = {0: "next_seq_0", 1: "next_seq_1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +71,9 @@ def append(
 
     Raises ValueError (rolling the operation back) if the record belongs in the other lane.
     """
-    counter = f"next_seq_{lane}"
-    seq = int(get_meta(conn, counter) or 1)
+    counter = _COUNTER_KEYS[lane]
+    counters = getattr(conn, "counters", None)
+    seq = counters.take(counter) if counters is not None else int(get_meta(conn, counter) or 1)
     record = make(seq, f"{site}.{epoch}.{lane}.{seq}")
     kind = record_kind(record)
     if lane_of(kind) != lane:
@@ -78,7 +83,8 @@ def append(
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (lane, seq, epoch, record.id, kind, _encoder.encode(record), now_ms()),
     )
-    set_meta(conn, counter, seq + 1)
+    if counters is None:
+        set_meta(conn, counter, seq + 1)
     return record
 
 

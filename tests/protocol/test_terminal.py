@@ -46,6 +46,8 @@ card_uids = st.sampled_from([4, 7, 8, 10]).flatmap(
 pay_refs = st.text(alphabet=[chr(c) for c in range(0x21, 0x7F)], min_size=1, max_size=64)
 codes = led_by(LOWER, LOWER + "0123456789_", 31)
 shorts = st.text(max_size=64)
+#: Door names: at most 32 characters on the wire.
+names32 = st.text(max_size=32)
 displays = st.text(max_size=80)
 u32 = st.integers(0, 2**32 - 1)
 times_ms = st.integers(TIME_MS_MIN, TIME_MS_MAX)
@@ -88,7 +90,7 @@ buffered_taps = st.builds(
     what=st.just("tap"),
     uid=card_uids,
     granted=st.booleans(),
-    door=optional(shorts),
+    door=optional(names32),
     event=optional(events),
     punch=optional(st.sampled_from(["in", "out"])),
 )
@@ -99,7 +101,7 @@ buffered_events = st.builds(
     what=st.just("event"),
     uid=optional(card_uids),
     granted=optional(st.booleans()),
-    door=optional(shorts),
+    door=optional(names32),
     event=events,
     punch=optional(st.sampled_from(["in", "out"])),
 )
@@ -143,7 +145,7 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
             uid=card_uids,
             time_ms=times_ms,
             punch=optional(st.sampled_from(["in", "out"])),
-            door=optional(shorts),
+            door=optional(names32),
             **{k: st.just(v) for k, v in charge.items()},
         )
     ),
@@ -184,7 +186,7 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
         rec=u32,
         time_ms=times_ms,
         event=events,
-        door=optional(shorts),
+        door=optional(names32),
         detail=shorts,
     ),
     t.Time: st.builds(t.Time, time_ms=times_ms),
