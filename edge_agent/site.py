@@ -411,7 +411,8 @@ class Site:
         request = PurchaseRequest(amount_fen=amount if amount is not None else 0, service=service)
         decision = decide_purchase(request, purchase_facts, policy, now)
         record = self._append(
-            conn, terminal, tap.time_ms, now, partial(_purchase_record, decision, lines),
+            conn, terminal, tap.time_ms, now,
+            partial(_purchase_record, decision, lines, facts.blacklist_version(conn)),
             lane=0, term_rec=tap.rec, card_uid=tap.uid, offline=decision.offline,
         )  # fmt: skip
         if decision.ok and person_id is not None:
@@ -701,16 +702,20 @@ def _replay(frame_type: int, reply: bytes) -> msg.Body:
     return body
 
 
-def _purchase_record(decision: PurchaseDecision, lines: list[Any], **common: Any) -> rec.Record:
+def _purchase_record(
+    decision: PurchaseDecision, lines: list[Any], blacklist_version: int, **common: Any
+) -> rec.Record:
     if decision.ticket_id is not None:
         return rec.TicketUse(
             ticket_id=decision.ticket_id,
             approved=decision.ok,
             reason=str(decision.reason),
+            blacklist_version=blacklist_version,
             **common,
         )
     return rec.Purchase(
         approved=decision.ok,
+        blacklist_version=blacklist_version,
         reason=str(decision.reason),
         amount=decision.amount_fen,
         subsidy_fen=decision.subsidy_fen if decision.ok else 0,

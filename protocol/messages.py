@@ -169,6 +169,9 @@ class Purchase(Record, tag="pos.purchase", kw_only=True, frozen=True):
     cash_fen: Fen = 0
     items: list[LineItem] | None = None
     meal_period: Name | None = None
+    #: The blacklist version the edge held when it decided (None from older edges): a
+    #: sale approved although that version lists the card is an anomaly at HQ.
+    blacklist_version: Version | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -187,6 +190,8 @@ class TicketUse(Record, tag="ticket.use", kw_only=True, frozen=True):
     uses: Annotated[int, Meta(ge=1, le=100)] = 1
     approved: bool
     reason: ReasonCode
+    #: As for a purchase: the blacklist version the edge held.
+    blacklist_version: Version | None = None
 
 
 class RechargePrepare(Record, tag="recharge.prepare", kw_only=True, frozen=True):

@@ -220,3 +220,29 @@ async def test_a_restored_sale_is_not_an_overdraft(store):
         store, "SELECT json_extract(data, '$.status') FROM master WHERE key = '04A1B2C3D4E5F6'"
     )
     assert card == [("active",)]
+
+
+async def test_a_sale_approved_although_the_site_held_the_listing_is_an_anomaly(store):
+    request = ReportLost(request_id="l2", operator="hq", source="hq:cli", card_uid=ALICE)
+    listed = (await store.run(lambda c: operations.execute(c, request, now=T0))).blacklist_version
+    later = T0 + timedelta(minutes=5)
+    sale = Purchase(
+        **base(0, 1, later),
+        terminal="POS-1",
+        approved=True,
+        reason="ok",
+        amount=100,
+        cash_fen=100,
+        blacklist_version=listed,
+    )
+    declined = Purchase(
+        **base(0, 2, later),
+        terminal="POS-1",
+        approved=False,
+        reason="lost",
+        amount=100,
+        blacklist_version=listed,
+    )
+    await send(store, 0, [sale, declined])
+    found = await rows(store, "SELECT record_id FROM anomalies WHERE kind = 'used_after_blacklist'")
+    assert found == [(sale.id,)]
