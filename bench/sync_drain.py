@@ -64,7 +64,7 @@ import msgspec
 from broker import private_broker
 
 from central.adapters.sqlite_store import CentralStore
-from central.ingest import ingest_batch
+from central.ingest import HolderCache, ingest_batch
 from central.master import CentralSeed, apply_seed
 from edge_agent.adapters import sqlite_outbox as outbox
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
@@ -541,13 +541,21 @@ def ingest_alone(db: Path, payloads: list[tuple[int, bytes]]) -> IngestAlone:
     """Central's ceiling: decode + ``ingest_batch`` + a commit per batch, back to back on one
     thread, into a freshly seeded database (no broker, no acks, no feed)."""
     conn = connect_writer(db)
+    holders = HolderCache()  # as central's store keeps it for its writer
     try:
         started, cpu = time.perf_counter(), time.process_time()
         for _, payload in payloads:
             batch = decode(payload, RawRecordBatch)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                ingest_batch(conn, SITE, batch, topic="bench", now_ms=time.time_ns() // 1_000_000)
+                ingest_batch(
+                    conn,
+                    SITE,
+                    batch,
+                    topic="bench",
+                    now_ms=time.time_ns() // 1_000_000,
+                    holders=holders,
+                )
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

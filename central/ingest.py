@@ -40,6 +40,7 @@ from protocol.messages import (
 
 _json = msgspec.json.Encoder()
 _balances = msgspec.json.Decoder(dict[str, int])
+_record = msgspec.json.Decoder(AnyRecord)  # the type decode_record decodes to
 
 
 class UnknownSiteError(Exception):
@@ -178,6 +179,7 @@ class HolderCache:
             return
         if (
             head < self._head
+            or self._head < 0  # new or cleared: nothing to keep, no need to search the log
             or len(self._map) > HOLDERS_MAX
             or conn.execute(
                 "SELECT 1 FROM changes WHERE version > ? AND entity = 'card' LIMIT 1",
@@ -298,7 +300,7 @@ def _prepare(site: str, batch: RawRecordBatch, now_ms: int) -> _Batch:
     epoch, lane, first = batch.epoch, batch.lane, batch.first_seq
     out = _Batch([], {}, {})
     sha256 = hashlib.sha256
-    for i, (raw, item) in enumerate(zip(batch.records, decode_batch_records(batch), strict=True)):
+    for i, (raw, item) in enumerate(zip(batch.records, _decode_records(batch), strict=True)):
         seq = first + i
         if isinstance(item, MessageError):
             reason = str(item)
@@ -315,6 +317,25 @@ def _prepare(site: str, batch: RawRecordBatch, now_ms: int) -> _Batch:
         out.rows.append((site, epoch, lane, seq, rid, "dead", raw, sha256(raw).digest(), now_ms, 1))
         out.dead[seq] = reason
     return out
+
+
+def _decode_records(batch: RawRecordBatch) -> list[AnyRecord] | list[AnyRecord | MessageError]:
+    """:func:`~protocol.messages.decode_batch_records`, without its per-record overhead while
+    every record is valid: the same decoder and checks; the first record that fails sends the
+    whole batch through ``decode_batch_records``, for its exact errors."""
+    first, site = batch.first_seq, batch.site
+    out: list[AnyRecord] = []
+    try:
+        for i, raw in enumerate(batch.records):
+            record: AnyRecord = _record.decode(raw)
+            if record.seq != first + i or record.site != site:
+                break
+            out.append(record)
+        else:
+            return out
+    except Exception:  # noqa: BLE001 - whatever it was, decode_batch_records says it exactly
+        return decode_batch_records(batch)
+    return decode_batch_records(batch)
 
 
 def _store_applied(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> bool:

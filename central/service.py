@@ -38,7 +38,7 @@ from central.adapters.sqlite_store import CentralStore, StoreError
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_store import now_ms
-from edge_agent.adapters.waiting import wait_event
+from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
 from protocol.errors import MessageError, TopicError
 from protocol.messages import (
     MAX_CHANGES,
@@ -239,6 +239,7 @@ class CentralService:
         self._acks[key] = acked_seq
         try:
             while True:
+                raise_if_cancelling()
                 sent = self._acks[key]
                 await self._publish(
                     site_topic(site, Channel.DOWN_ACK),
@@ -346,6 +347,7 @@ class CentralService:
 
     async def _send_changes(self, site: str) -> None:
         while True:
+            raise_if_cancelling()
             after = self.sent_feed.get(site)
             if after is None:
                 return
@@ -369,6 +371,7 @@ class CentralService:
 
     async def _publisher(self) -> None:
         while True:
+            raise_if_cancelling()
             # The blacklist first: one broadcast reaches every site, and a lost card must be
             # refused everywhere before anything else goes out.
             deltas: list[BlacklistDelta] = await self.store.run(_unpublished_blacklist)
@@ -393,6 +396,7 @@ class CentralService:
         """Every ``HOUSEKEEPING_S``: 单边账 and long seq gaps become anomalies, and cleared
         days that late offline records changed get their new revision."""
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(HOUSEKEEPING_S)
             try:
                 await self.store.run(finance.flag_uncommitted)
@@ -411,6 +415,7 @@ class CentralService:
 
     async def _gap_watch(self) -> None:
         while True:
+            raise_if_cancelling()
             await asyncio.sleep(GAP_WAIT_S / 2)
             stuck = await self.store.run(_stuck_lanes)
             for site, epoch, lane, acked in stuck:

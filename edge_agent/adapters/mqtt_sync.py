@@ -36,7 +36,7 @@ from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_master import clear_master, delete_from_feed, upsert_from_feed
 from edge_agent.adapters.sqlite_store import EdgeStore, get_meta, set_meta
 from edge_agent.adapters.terminal_server import TerminalRegistry
-from edge_agent.adapters.waiting import wait_event
+from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
 from edge_agent.site import Site
 from protocol.errors import MessageError, TopicError
 from protocol.messages import (
@@ -93,6 +93,9 @@ class EdgeSync:
     _lanes: dict[int, _LaneState] = field(default_factory=dict)
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _snapshot_parts: dict[int, dict[int, list[FeedChange]]] = field(default_factory=dict)
+    #: The newest ack received per lane, not yet marked in the outbox (see ``_mark_acked``).
+    _acks: dict[int, int] = field(default_factory=dict)
+    _acks_waiting: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump a counter."""
@@ -144,12 +147,14 @@ class EdgeSync:
             for lane in LANES:
                 acked = await self.store.run(partial(outbox.acked_watermark, lane=lane))
                 self._lanes[lane] = _LaneState(sent_upto=acked, acked=acked)
+            self._acks.clear()
             await self.announce()
             log.info("sync.connected", broker=self.broker.host, site=site)
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._receive(client))
                     group.create_task(self._uplink(client))
+                    group.create_task(self._mark_acked())
                     group.create_task(self._until_stopped())
             except* _Stopped:
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -188,6 +193,7 @@ class EdgeSync:
 
     async def _uplink(self, client: aiomqtt.Client) -> None:
         while True:
+            raise_if_cancelling()
             sent = False
             for lane in LANES:
                 sent |= await self._send_next(client, lane)
@@ -205,30 +211,31 @@ class EdgeSync:
             state.sent_upto, state.inflight = state.acked, []
         if len(state.inflight) >= WINDOW:
             return False
-        rows = await self.store.run(
-            lambda c: outbox.unacked(c, lane, after_seq=state.sent_upto, limit=BATCH_RECORDS)
-        )
+        after = state.sent_upto
+        rows = await self.store.run(lambda c: _unsent(c, lane, after))
         if not rows:
             return False
-        size, take = 0, list[outbox.OutboxRow]()
-        for row in rows:
-            if take and (row.seq != take[-1].seq + 1 or size + len(row.payload) > BATCH_BYTES):
+        first_seq, epoch, payload = rows[0]
+        size, last, records = len(payload), first_seq, [msgspec.Raw(payload)]
+        for seq, row_epoch, payload in rows[1:]:
+            if seq != last + 1 or row_epoch != epoch or size + len(payload) > BATCH_BYTES:
                 break
-            take.append(row)
-            size += len(row.payload)
+            records.append(msgspec.Raw(payload))
+            size += len(payload)
+            last = seq
         batch = RawRecordBatch(
             site=self.site.site,
-            epoch=take[0].epoch,
+            epoch=epoch,
             lane=lane,
-            first_seq=take[0].seq,
-            last_seq=take[-1].seq,
-            records=[msgspec.Raw(row.payload) for row in take],
+            first_seq=first_seq,
+            last_seq=last,
+            records=records,
         )
         await client.publish(site_topic(self.site.site, Channel.UP_RECORDS), encode(batch), qos=1)
-        state.sent_upto = take[-1].seq
-        state.inflight.append((take[-1].seq, now))
+        state.sent_upto = last
+        state.inflight.append((last, now))
         self.count("batches_sent")
-        self.count("records_sent", len(take))
+        self.count("records_sent", len(records))
         return True
 
     # -- downlink ---------------------------------------------------------------------------
@@ -263,14 +270,36 @@ class EdgeSync:
         if ack.epoch != self.store.epoch:
             return  # an ack for a previous database of this site
         state = self._lanes.get(ack.lane)
-        if state is None or ack.acked_seq <= state.acked:
+        if state is None or ack.acked_seq <= max(state.acked, self._acks.get(ack.lane, 0)):
             return
-        await self.store.run(lambda c: outbox.mark_acked(c, ack.epoch, ack.lane, ack.acked_seq))
-        state.acked = ack.acked_seq
-        state.sent_upto = max(state.sent_upto, state.acked)
-        self._last_ack = time.monotonic()
-        self._update_offline()
-        self._progress.set()
+        # Marked by _mark_acked, so the acks that arrive while one is being written are
+        # written together, and this loop goes on reading meanwhile.
+        self._acks[ack.lane] = ack.acked_seq
+        self._acks_waiting.set()
+
+    async def _mark_acked(self) -> None:
+        """Mark the outbox acked up to the newest ack of each lane, one transaction for every
+        ack received since the last one (only ever on central's ack, never on PUBACK)."""
+        epoch = self.store.epoch
+        while True:
+            raise_if_cancelling()
+            await self._acks_waiting.wait()
+            self._acks_waiting.clear()
+            marks = [
+                (lane, seq)
+                for lane, seq in self._acks.items()
+                if lane in self._lanes and seq > self._lanes[lane].acked
+            ]
+            if not marks:
+                continue
+            await self.store.run(partial(_mark_lanes, epoch=epoch, marks=marks))
+            for lane, seq in marks:
+                state = self._lanes[lane]
+                state.acked = max(state.acked, seq)
+                state.sent_upto = max(state.sent_upto, state.acked)
+            self._last_ack = time.monotonic()
+            self._update_offline()
+            self._progress.set()
 
     async def _on_feed(self, feed: Feed) -> None:
         self._last_feed = time.monotonic()
@@ -420,6 +449,22 @@ def _apply_blacklist(conn: sqlite3.Connection, deltas: list[BlacklistDelta]) -> 
                 conn.execute("DELETE FROM blacklist WHERE uid = ?", (change.card_uid,))
         set_meta(conn, "blacklist_version", delta.version)
     return gap
+
+
+def _unsent(conn: sqlite3.Connection, lane: Lane, after: int) -> list[tuple[int, int, bytes]]:
+    """(seq, epoch, payload) of the unacked records of ``lane`` after seq ``after``, in seq
+    order, at most a batch of them (``outbox.unacked`` without building a row object each)."""
+    rows: list[tuple[int, int, bytes]] = conn.execute(
+        "SELECT seq, epoch, payload FROM outbox WHERE acked = 0 AND lane = ? AND seq > ?"
+        " ORDER BY seq LIMIT ?",
+        (lane, after, BATCH_RECORDS),
+    ).fetchall()
+    return rows
+
+
+def _mark_lanes(conn: sqlite3.Connection, epoch: int, marks: list[tuple[int, int]]) -> None:
+    for lane, seq in marks:
+        outbox.mark_acked(conn, epoch, lane, seq)  # type: ignore[arg-type]
 
 
 def _forget_versions(conn: sqlite3.Connection, what: str) -> None:

@@ -22,3 +22,14 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     finally:
         waiter.cancel()
     return event.is_set()
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that was swallowed. On Python 3.11 ``asyncio.wait_for`` (which
+    aiomqtt's ``publish`` uses) returns the result instead of raising when its future
+    completes just as the task is cancelled — the PUBACK arriving while a TaskGroup shuts
+    down — and a ``while True`` loop around it would run for ever. Call it at the top of
+    every such loop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
