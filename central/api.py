@@ -439,10 +439,13 @@ class ApiServer(uvicorn.Server):
         return int(self.servers[0].sockets[0].getsockname()[1])
 
 
-def api_server(store: CentralStore, host: str, port: int) -> ApiServer:
-    """A server for the API on ``host:port`` (run it with ``await server.serve()``)."""
+def api_server(
+    store: CentralStore, host: str, port: int, *, app: Callable[..., Awaitable[None]] | None = None
+) -> ApiServer:
+    """A server on ``host:port`` (run it with ``await server.serve()``) for the API, or for
+    ``app`` (the dashboard, which carries the API too)."""
     config = uvicorn.Config(
-        create_app(store),
+        app or create_app(store),
         host=host,
         port=port,
         log_config=None,

@@ -79,6 +79,12 @@ def version() -> None:
     metavar="HOST:PORT",
     help="serve the JSON API (/api/v1) there, e.g. 127.0.0.1:8080",
 )
+@click.option(
+    "--secure-cookies/--no-secure-cookies",
+    default=False,
+    envvar="ONECARD_SECURE_COOKIES",
+    help="mark the dashboard's cookies Secure (when it is reached over HTTPS)",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     db_path: Path,
@@ -87,10 +93,11 @@ def serve(
     password_file: Path | None,
     ca_file: Path | None,
     http: str | None,
+    secure_cookies: bool,
     log_level: str,
 ) -> None:
-    """Run central: ingest records, publish acks, feed and blacklist, and the API, until
-    SIGTERM."""
+    """Run central: ingest records, publish acks, feed and blacklist, and the dashboard
+    with the JSON API (--http), until SIGTERM."""
     from central.adapters.sqlite_store import CentralStore
     from central.service import CentralService
     from edge_agent.adapters.mqtt_client import BrokerSettings
@@ -107,11 +114,20 @@ def serve(
     listen = _host_port(http) if http else None
 
     async def go() -> None:
-        from central.api import api_server
+        from central.users import web_key
+        from central.web.app import dashboard_server
+        from central.web.page import WebConfig
 
         async with CentralStore.open(db_path) as store:
             service = CentralService(store, broker)
-            server = api_server(store, *listen) if listen else None
+            server = None
+            if listen is not None:
+                server = dashboard_server(
+                    store,
+                    *listen,
+                    secret_key=await store.run(web_key),
+                    config=WebConfig(secure_cookies=secure_cookies),
+                )
 
             def stop() -> None:
                 service.stop()
@@ -282,8 +298,9 @@ def balances(db_path: Path, as_json: bool) -> None:
 def _add_operation_commands() -> None:
     from central.cli_ops import COMMANDS
     from central.cli_release import release
+    from central.cli_users import user
 
-    for command in (*COMMANDS, release):
+    for command in (*COMMANDS, release, user):
         main.add_command(command)
 
 

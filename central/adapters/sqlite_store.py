@@ -11,6 +11,7 @@ from typing import Any
 
 from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
 from central.adapters.sqlite_schema import MIGRATIONS
+from central.adapters.sqlite_web_schema import WEB_MIGRATIONS
 from central.ingest import HolderCache
 from edge_agent.adapters.sqlite_migrations import migrate
 from edge_agent.adapters.sqlite_store import GroupCommitDB, StoreError, StoreUnavailableError
@@ -38,7 +39,7 @@ class CentralStore(GroupCommitDB):
 
     def migrate(self, conn: sqlite3.Connection) -> None:
         """Central's numbered migrations."""
-        migrate(conn, MIGRATIONS + OPS_MIGRATIONS)
+        migrate(conn, MIGRATIONS + OPS_MIGRATIONS + WEB_MIGRATIONS)
 
     def _commit_batch(self, batch: list[Any]) -> list[tuple[bool, Any]]:
         try:

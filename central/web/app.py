@@ -1,0 +1,115 @@
+"""The HQ dashboard (server-rendered pages) and how it is served next to the JSON API.
+
+``create_web_app(store, secret_key=…)`` is the Starlette app of the pages;
+:class:`Dashboard` sends ``/api/…`` to the API app and everything else to the pages;
+:func:`dashboard_server` is the uvicorn server ``onecard-central serve --http`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from central.adapters.sqlite_store import CentralStore
+from central.api import READ_AUDIT, ApiServer, api_server, create_app
+from central.web import audit, auth, overview
+from central.web.page import (
+    EVERYONE,
+    STATIC,
+    Page,
+    Web,
+    WebConfig,
+    WebState,
+    endpoint,
+    finish_response,
+    request_context,
+    templates,
+)
+from central.web.sessions import SessionCodec
+
+#: Every page, in navigation order. A new page is one line here.
+PAGES: list[Page] = [
+    Page("/", overview.show, EVERYONE, nav="nav.overview"),
+    Page("/audit", audit.show, READ_AUDIT, nav="nav.audit"),
+    Page("/login", auth.login_form, None),
+    Page("/login", auth.login, None, methods=("POST",)),
+    Page("/logout", auth.logout, EVERYONE, methods=("POST",)),
+]
+
+
+def create_web_app(
+    store: CentralStore,
+    *,
+    secret_key: bytes,
+    config: WebConfig | None = None,
+    state: WebState | None = None,
+    pages: list[Page] | None = None,
+) -> Starlette:
+    """The dashboard's pages over ``store``; cookies signed with ``secret_key`` (≥ 16
+    bytes: ``central.users.web_key(conn)``). Counters in ``app.state.web.stats``."""
+    config = config or WebConfig()
+    chosen = PAGES if pages is None else pages
+    web = Web(
+        store=store,
+        codec=SessionCodec(
+            secret_key,
+            idle_s=int(config.session_idle.total_seconds()),
+            lifetime_s=int(config.session_lifetime.total_seconds()),
+        ),
+        config=config,
+        env=templates(),
+        state=state or WebState(),
+        nav=[(p.path, p.nav, p.roles or EVERYONE) for p in chosen if p.nav],
+        kdf=asyncio.Semaphore(config.concurrent_kdf),
+    )
+    routes: list[BaseRoute] = [
+        Route(p.path, endpoint(web, p), methods=list(p.methods)) for p in chosen
+    ]
+    routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        ctx = await request_context(web, request)
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        page = ctx.error(status, ctx.t("error.404.title"), ctx.t("error.404.text"))
+        return finish_response(web, ctx, page)
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.web = web.state
+    return app
+
+
+@dataclass
+class Dashboard:
+    """One ASGI app: ``/api/…`` to the JSON API, the rest to the pages."""
+
+    web: ASGIApp
+    api: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Dispatch by path."""
+        path = scope.get("path", "")
+        to_api = scope["type"] != "lifespan" and (path == "/api" or path.startswith("/api/"))
+        await (self.api if to_api else self.web)(scope, receive, send)
+
+
+def dashboard_server(
+    store: CentralStore,
+    host: str,
+    port: int,
+    *,
+    secret_key: bytes,
+    config: WebConfig | None = None,
+) -> ApiServer:
+    """A server for the dashboard and the API on ``host:port`` (``await server.serve()``)."""
+    app = Dashboard(
+        web=create_web_app(store, secret_key=secret_key, config=config), api=create_app(store)
+    )
+    return api_server(store, host, port, app=app)

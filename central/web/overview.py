@@ -1,0 +1,145 @@
+"""The overview: every site, whether it is online, how far behind its outbox and its copies
+of master data and the blacklist are, and its open anomalies."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+from central import master
+from central.web.page import PageContext
+
+#: Feed lag is counted up to this many changes (a site that far behind gets a snapshot).
+LAG_CAP = 10_000
+#: An outbox whose oldest record is older than this is flagged.
+STALE_OUTBOX_S = 120.0
+
+_state = msgspec.json.Decoder(dict[str, Any])
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """One site as the overview shows it."""
+
+    id: str
+    online: bool
+    last_seen_ms: int | None
+    version: str | None
+    outbox_depth: int | None
+    outbox_oldest_age_s: float | None
+    feed_version: int
+    feed_head: int
+    feed_behind: int
+    blacklist_version: int
+    blacklist_behind: int
+    terminals_online: int | None
+    terminals_total: int | None
+    open_anomalies: int
+
+    @property
+    def status(self) -> str:
+        """online, offline, or never (has not connected yet)."""
+        if self.online:
+            return "online"
+        return "offline" if self.last_seen_ms is not None else "never"
+
+    @property
+    def outbox_stale(self) -> bool:
+        """Records have waited too long to reach HQ."""
+        return (self.outbox_oldest_age_s or 0.0) > STALE_OUTBOX_S
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Every site, and central's blacklist head."""
+
+    sites: list[SiteRow]
+    blacklist_head: int
+
+    @property
+    def online(self) -> int:
+        """How many sites are online."""
+        return sum(s.online for s in self.sites)
+
+
+def overview(conn: sqlite3.Connection) -> Overview:
+    """Every site not removed, by id (runs in a store operation)."""
+    blacklist_head = master.blacklist_version(conn)
+    global_head = _scope_head(conn, "")
+    alerts = dict(
+        conn.execute(
+            "SELECT site, count(*) FROM anomalies WHERE state = 'open' AND site IS NOT NULL"
+            " GROUP BY site"
+        ).fetchall()
+    )
+    rows = conn.execute(
+        "SELECT id, online, last_seen_ms, version, outbox_depth, outbox_oldest_age_s,"
+        " feed_version, blacklist_version, state FROM sites WHERE removed = 0 ORDER BY id"
+    ).fetchall()
+    sites = []
+    for sid, online, seen, version, depth, age, feed, black, state in rows:
+        online_terms, total_terms = _terminals(state)
+        sites.append(
+            SiteRow(
+                id=sid,
+                online=bool(online),
+                last_seen_ms=seen,
+                version=version,
+                outbox_depth=depth,
+                outbox_oldest_age_s=age,
+                feed_version=feed,
+                feed_head=max(global_head, _scope_head(conn, sid)),
+                feed_behind=_feed_behind(conn, sid, feed),
+                blacklist_version=black,
+                blacklist_behind=max(0, blacklist_head - black),
+                terminals_online=online_terms,
+                terminals_total=total_terms,
+                open_anomalies=int(alerts.get(sid, 0)),
+            )
+        )
+    return Overview(sites=sites, blacklist_head=blacklist_head)
+
+
+async def show(ctx: PageContext) -> Response:
+    """GET /: the sites table."""
+    data = await ctx.web.store.run(overview)
+    return ctx.render(
+        "overview.html",
+        title=ctx.t("overview.title"),
+        data=data,
+        now_ms=ctx.now_ms,
+        lag_cap=LAG_CAP,
+    )
+
+
+def _scope_head(conn: sqlite3.Connection, scope: str) -> int:
+    row = conn.execute("SELECT max(version) FROM changes WHERE scope = ?", (scope,)).fetchone()
+    return int(row[0] or 0)
+
+
+def _feed_behind(conn: sqlite3.Connection, site: str, feed_version: int) -> int:
+    # The site's feed is the changes in scopes '' and its own (master.changes_since).
+    row = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM changes WHERE scope IN ('', ?) AND version > ?"
+        " LIMIT ?)",
+        (site, feed_version, LAG_CAP),
+    ).fetchone()
+    return int(row[0])
+
+
+def _terminals(state: bytes | str | None) -> tuple[int | None, int | None]:
+    # The site's last birth message (stored as the edge sent it).
+    if not state:
+        return None, None
+    try:
+        terminals = _state.decode(state).get("terminals")
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(terminals, list):
+        return None, None
+    online = sum(1 for t in terminals if isinstance(t, dict) and t.get("online") is True)
+    return online, len(terminals)
