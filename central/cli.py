@@ -193,6 +193,26 @@ def broker_init(out: Path, hosts: tuple[str, ...], port: int) -> None:
     click.echo(f"broker files in {made.root}; run: mosquitto -c {made.conf}")
 
 
+@broker.command("renew-cert")
+@BROKER_DIR_OPTION
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    help="the full list of names branches dial (default: those of the current certificate)",
+)
+def broker_renew_cert(broker_dir: Path, hosts: tuple[str, ...]) -> None:
+    """Issue a new 2-year server certificate from the same CA (branches change nothing);
+    then reload mosquitto."""
+    from central.provision import ProvisionError, renew_server_cert
+
+    try:
+        path = renew_server_cert(broker_dir, hostnames=list(hosts) or None)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"new server certificate: {path}; now run: systemctl reload mosquitto")
+
+
 @main.group()
 def site() -> None:
     """Add, remove, rotate and list sites."""

@@ -197,6 +197,22 @@ def test_renewed_server_certificate_keeps_names_and_ca(brokerdir: BrokerDir) -> 
     assert san.get_values_for_type(x509.DNSName) == ["hq.example.com"]
 
 
+def test_renew_cert_from_the_command_line(brokerdir: BrokerDir) -> None:
+    from click.testing import CliRunner
+
+    from central.cli import main
+
+    old = brokerdir.server_cert.read_bytes()
+    args = ["broker", "renew-cert", "--broker-dir", str(brokerdir.root), "--host", "hq2.example"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert "systemctl reload mosquitto" in done.output
+    new = x509.load_pem_x509_certificate(brokerdir.server_cert.read_bytes())
+    san = new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert brokerdir.server_cert.read_bytes() != old
+    assert san.get_values_for_type(x509.DNSName) == ["hq2.example"]
+
+
 # --- sites ----------------------------------------------------------------------------------
 
 
