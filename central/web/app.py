@@ -19,8 +19,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from central.adapters.sqlite_store import CentralStore
-from central.api import READ_AUDIT, ApiServer, api_server, create_app
-from central.web import audit, auth, overview
+from central.api import OPERATE, READ_AUDIT, READ_PEOPLE, ApiServer, api_server, create_app
+from central.web import audit, auth, blacklist, overview, people
 from central.web.page import (
     EVERYONE,
     STATIC,
@@ -38,6 +38,11 @@ from central.web.sessions import SessionCodec
 #: Every page, in navigation order. A new page is one line here.
 PAGES: list[Page] = [
     Page("/", overview.show, EVERYONE, nav="nav.overview"),
+    Page("/people", people.search, READ_PEOPLE, nav="nav.people"),
+    Page("/people/{person_id}", people.show, READ_PEOPLE),
+    Page("/people/{person_id}/recharge", people.recharge, OPERATE, methods=("POST",)),
+    Page("/people/{person_id}/report-lost", people.report_lost, OPERATE, methods=("POST",)),
+    Page("/blacklist", blacklist.show, READ_PEOPLE, nav="nav.blacklist"),
     Page("/audit", audit.show, READ_AUDIT, nav="nav.audit"),
     Page("/login", auth.login_form, None),
     Page("/login", auth.login, None, methods=("POST",)),
