@@ -19,8 +19,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from central.adapters.sqlite_store import CentralStore
-from central.api import OPERATE, READ_AUDIT, READ_PEOPLE, ApiServer, api_server, create_app
-from central.web import audit, auth, blacklist, overview, people
+from central.api import (
+    HANDLE_ANOMALIES,
+    OPERATE,
+    READ_AUDIT,
+    READ_FINANCE,
+    READ_PEOPLE,
+    ApiServer,
+    api_server,
+    create_app,
+)
+from central.web import anomalies, audit, auth, blacklist, clearing, overview, people
 from central.web.page import (
     EVERYONE,
     STATIC,
@@ -43,6 +52,16 @@ PAGES: list[Page] = [
     Page("/people/{person_id}/recharge", people.recharge, OPERATE, methods=("POST",)),
     Page("/people/{person_id}/report-lost", people.report_lost, OPERATE, methods=("POST",)),
     Page("/blacklist", blacklist.show, READ_PEOPLE, nav="nav.blacklist"),
+    Page("/anomalies", anomalies.show, READ_PEOPLE, nav="nav.anomalies"),
+    Page(
+        "/anomalies/{anomaly_id}/acknowledge",
+        anomalies.acknowledge,
+        HANDLE_ANOMALIES,
+        methods=("POST",),
+    ),
+    Page("/anomalies/{anomaly_id}/resolve", anomalies.resolve, HANDLE_ANOMALIES, methods=("POST",)),
+    Page("/clearing", clearing.show, READ_FINANCE, nav="nav.clearing"),
+    Page("/clearing.csv", clearing.csv, READ_FINANCE),
     Page("/audit", audit.show, READ_AUDIT, nav="nav.audit"),
     Page("/login", auth.login_form, None),
     Page("/login", auth.login, None, methods=("POST",)),
