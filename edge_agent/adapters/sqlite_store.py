@@ -14,9 +14,8 @@ inside the transaction, and aiosqlite would hop threads for each of them. Operat
 dedicated writer thread — except *quick* ones (``run(op, quick=True)``: a terminal request, a
 few indexed statements and no I/O beyond SQLite's page cache), which a store with
 ``inline_quick_ops`` runs on the event-loop thread itself when a whole batch is quick; the
-``COMMIT`` (the fsync, which releases the GIL) then goes to the writer thread, unless the
-batch is one or two requests at a quiet moment (:data:`INLINE_COMMIT_MAX_OPS`), when the loop
-waits for the fsync itself rather than pay two thread wake-ups. Why: every sqlite3 call
+``COMMIT`` (the fsync) then always goes to the writer thread, so a slow disk never blocks
+the event loop. Why: every sqlite3 call
 releases and re-takes the GIL, so an operation on the writer thread handed the GIL back and
 forth with the event loop (framing, replies) a dozen times; under socket load those hand-offs,
 not SQLite, were most of a tap's time. Readers that don't decide anything (status, health)
@@ -65,12 +64,6 @@ CHECKPOINT_AFTER_CHANGES = 4_000
 CHECKPOINT_INTERVAL_S = 0.25
 #: ... and the writer checkpoints between batches once the WAL holds this many frames.
 WAL_WRAP_FRAMES = 16_384
-#: A batch of at most this many quick operations commits on the event loop's thread when
-#: the writer had been idle this long (seconds) before it: at low load the fsync costs the
-#: loop less than handing the COMMIT to the writer thread and back (two thread wake-ups);
-#: under load the COMMIT goes to the writer thread so the loop reads and answers meanwhile.
-INLINE_COMMIT_MAX_OPS = 2
-INLINE_COMMIT_IDLE_S = 0.002
 #: Page cache of the writer connection (KiB): the hot tables and indexes stay in memory.
 WRITER_CACHE_KIB = 65_536
 _SQLITE_BUSY = 5
@@ -252,7 +245,6 @@ class GroupCommitDB:
     _conn: sqlite3.Connection | None = None
     _checkpointer: _Checkpointer | None = None
     _changes_at_poke: int = 0
-    _idle_since: float = 0.0
     _executor: ThreadPoolExecutor | None = None
     _queue: asyncio.Queue[_Pending] | None = None
     _writer_task: asyncio.Task[None] | None = None
@@ -338,18 +330,15 @@ class GroupCommitDB:
             batch = [await queue.get()]
             while len(batch) < MAX_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
-            quiet = time.monotonic() - self._idle_since >= INLINE_COMMIT_IDLE_S
             try:
                 results = None
                 if self.inline_quick_ops and all(p.quick for p in batch):
                     results = self._apply_inline(batch)
                 if results is None:
                     results = await loop.run_in_executor(executor, self._commit_batch, batch)
-                elif quiet and len(batch) <= INLINE_COMMIT_MAX_OPS and queue.empty():
-                    # A lone request at a quiet moment: its fsync on this thread costs less
-                    # than the two thread hand-offs around it (nothing else is waiting).
-                    self._commit()
                 else:
+                    # The fsync never runs on the event loop: a stalled disk must not stall
+                    # every terminal link and the MQTT session with it.
                     await loop.run_in_executor(executor, self._commit)
             except Exception as exc:  # noqa: BLE001 - rolled back: every caller gets the error
                 self.stats.failed_commits += 1
@@ -370,7 +359,6 @@ class GroupCommitDB:
             finally:
                 for _ in batch:
                     queue.task_done()
-            self._idle_since = time.monotonic()
             if self._checkpointer is not None and self._checkpointer.wal_frames >= WAL_WRAP_FRAMES:
                 await loop.run_in_executor(executor, self._wrap_wal)
             elif self.inline_quick_ops:
