@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 #   socat                          serial-line (pty pair) plumbing for terminal tests
 #   pcscd, vsmartcard-vpcd         PC/SC daemon and the virtual reader our virtual card plugs into
 #   libpcsclite-dev, swig, gcc     to build pyscard (it ships no Linux wheels)
+#   chromium                       the browser the dashboard's Playwright tests drive (headless)
 #   python3-venv, python3-dev      virtualenv and headers, when python3 is Debian's own
-APT_PACKAGES=(mosquitto mosquitto-clients socat pcscd vsmartcard-vpcd libpcsclite-dev swig gcc)
+APT_PACKAGES=(mosquitto mosquitto-clients socat pcscd vsmartcard-vpcd libpcsclite-dev swig gcc chromium)
 PYTHON=${PYTHON:-python3}
 if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]]; then
     APT_PACKAGES+=(python3-venv python3-dev)
