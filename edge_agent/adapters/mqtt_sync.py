@@ -455,9 +455,9 @@ def _unsent(conn: sqlite3.Connection, lane: Lane, after: int) -> list[tuple[int,
     """(seq, epoch, payload) of the unacked records of ``lane`` after seq ``after``, in seq
     order, at most a batch of them (``outbox.unacked`` without building a row object each)."""
     rows: list[tuple[int, int, bytes]] = conn.execute(
-        "SELECT seq, epoch, payload FROM outbox WHERE acked = 0 AND lane = ? AND seq > ?"
+        "SELECT seq, epoch, payload FROM outbox_rows WHERE lane = ? AND seq > ?"
         " ORDER BY seq LIMIT ?",
-        (lane, after, BATCH_RECORDS),
+        (lane, max(after, outbox.acked_watermark(conn, lane)), BATCH_RECORDS),
     ).fetchall()
     return rows
 

@@ -79,7 +79,7 @@ def append(
     if lane_of(kind) != lane:
         raise ValueError(f"{kind} records go in lane {lane_of(kind)}, not {lane}")
     conn.execute(
-        "INSERT INTO outbox (lane, seq, epoch, id, kind, payload, created_ms) "
+        "INSERT INTO outbox_rows (lane, seq, epoch, id, kind, payload, created_ms) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (lane, seq, epoch, record.id, kind, _encoder.encode(record), now_ms()),
     )
@@ -91,18 +91,30 @@ def append(
 def mark_acked(conn: sqlite3.Connection, epoch: int, lane: Lane, acked_seq: int) -> int:
     """Mark every record of ``lane`` in ``epoch`` up to ``acked_seq`` acked; returns how many
     changed. Only central's application-level ack may call this — never a PUBACK (brief,
-    invariant 3). An ack for another epoch changes nothing."""
-    cursor = conn.execute(
-        "UPDATE outbox SET acked = 1 WHERE acked = 0 AND lane = ? AND epoch = ? AND seq <= ?",
-        (lane, epoch, acked_seq),
-    )
-    if acked_seq > acked_watermark(conn, lane) and cursor.rowcount >= 0:
-        exists = conn.execute(
-            "SELECT 1 FROM outbox WHERE lane = ? AND epoch = ? LIMIT 1", (lane, epoch)
-        ).fetchone()
-        if exists is not None:
-            set_meta(conn, f"acked_seq_{lane}", acked_seq)
-    return cursor.rowcount
+    invariant 3). An ack for another epoch changes nothing.
+
+    Acked is the lane's watermark (``meta`` row ``acked_seq_{lane}``): one row written
+    however many records the ack covers. It never moves back, and never past the lane's
+    last record, so an ack naming seqs not yet written cannot cover them in advance.
+    """
+    before = acked_watermark(conn, lane)
+    if acked_seq <= before:
+        return 0
+    last = conn.execute(
+        "SELECT seq FROM outbox_rows WHERE lane = ? AND epoch = ? ORDER BY seq DESC LIMIT 1",
+        (lane, epoch),
+    ).fetchone()
+    if last is None:
+        return 0
+    upto = min(acked_seq, int(last[0]))
+    if upto <= before:
+        return 0
+    set_meta(conn, f"acked_seq_{lane}", upto)
+    covered: int = conn.execute(
+        "SELECT count(*) FROM outbox_rows WHERE lane = ? AND seq > ? AND seq <= ?",
+        (lane, before, upto),
+    ).fetchone()[0]
+    return covered
 
 
 def acked_watermark(conn: sqlite3.Connection, lane: Lane) -> int:
@@ -115,21 +127,31 @@ def unacked(
 ) -> list[OutboxRow]:
     """Unacked records of ``lane`` in seq order, starting after ``after_seq``."""
     rows = conn.execute(
-        "SELECT seq, epoch, id, kind, lane, payload, created_ms, acked FROM outbox "
-        "WHERE acked = 0 AND lane = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (lane, after_seq, limit),
+        "SELECT seq, epoch, id, kind, lane, payload, created_ms FROM outbox_rows "
+        "WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (lane, max(after_seq, acked_watermark(conn, lane)), limit),
     ).fetchall()
-    return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows]
+    return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], False) for r in rows]
 
 
-DEPTH_SQL = "SELECT count(*) FROM outbox WHERE acked = 0"
-#: The oldest unacked record of each lane is its lowest unacked seq: two index lookups, however
-#: long the backlog (a scan for min(created_ms) would grow with an offline site's outbox).
+#: A lane's unacked records are a range of the primary key (lane, seq) past its watermark,
+#: however long the acked history kept before it. Both statements read the watermarks
+#: themselves, so each is one consistent read on the reader connection.
+DEPTH_SQL = (
+    "SELECT (SELECT count(*) FROM outbox_rows WHERE lane = 0 AND seq >"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_seq_0'), 0))"
+    " + (SELECT count(*) FROM outbox_rows WHERE lane = 1 AND seq >"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_seq_1'), 0))"
+)
+#: The oldest unacked record of each lane is its lowest unacked seq: two index lookups.
 OLDEST_SQL = (
     "SELECT min(created_ms) FROM ("
-    " SELECT (SELECT created_ms FROM outbox WHERE acked = 0 AND lane = 0 ORDER BY seq LIMIT 1)"
-    " AS created_ms UNION ALL"
-    " SELECT (SELECT created_ms FROM outbox WHERE acked = 0 AND lane = 1 ORDER BY seq LIMIT 1))"
+    " SELECT (SELECT created_ms FROM outbox_rows WHERE lane = 0 AND seq >"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_seq_0'), 0)"
+    " ORDER BY seq LIMIT 1) AS created_ms UNION ALL"
+    " SELECT (SELECT created_ms FROM outbox_rows WHERE lane = 1 AND seq >"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_seq_1'), 0)"
+    " ORDER BY seq LIMIT 1))"
 )
 
 
@@ -142,5 +164,10 @@ def depth(conn: sqlite3.Connection) -> tuple[int, int | None]:
 
 def prune_acked(conn: sqlite3.Connection, older_than_ms: int) -> int:
     """Delete acked records created before ``older_than_ms`` (local history retention)."""
-    cursor = conn.execute("DELETE FROM outbox WHERE acked = 1 AND created_ms < ?", (older_than_ms,))
-    return cursor.rowcount
+    pruned = 0
+    for lane in (0, 1):
+        pruned += conn.execute(
+            "DELETE FROM outbox_rows WHERE lane = ? AND seq <= ? AND created_ms < ?",
+            (lane, acked_watermark(conn, lane), older_than_ms),
+        ).rowcount
+    return pruned

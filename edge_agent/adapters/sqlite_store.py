@@ -555,7 +555,7 @@ def next_seqs(conn: sqlite3.Connection) -> dict[str, int]:
     or past the highest seq in the outbox if that is higher — a number that reached the disk
     is never handed out again, whatever state the counter row was left in."""
     stored = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'next_seq_%'"))
-    highest = dict(conn.execute("SELECT lane, max(seq) FROM outbox GROUP BY lane"))
+    highest = dict(conn.execute("SELECT lane, max(seq) FROM outbox_rows GROUP BY lane"))
     lanes = {int(k.removeprefix("next_seq_")) for k in stored} | {int(k) for k in highest}
     return {
         f"next_seq_{lane}": max(int(stored.get(f"next_seq_{lane}", 1)), highest.get(lane, 0) + 1)

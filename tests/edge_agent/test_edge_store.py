@@ -19,7 +19,7 @@ from edge_agent.adapters import sqlite_facts as facts
 from edge_agent.adapters import sqlite_outbox as outbox
 from edge_agent.adapters import sqlite_store
 from edge_agent.adapters.sqlite_facts import dt
-from edge_agent.adapters.sqlite_migrations import MIGRATIONS
+from edge_agent.adapters.sqlite_migrations import MIGRATIONS, migrate
 from edge_agent.adapters.sqlite_store import (
     EdgeStore,
     MetaCounters,
@@ -109,6 +109,50 @@ async def test_outbox_rows_stay_until_an_ack_covers_them(tmp_path: Path):
         assert changed == 3 and [r.seq for r in rows] == [4, 5]
         assert await store.run(lambda c: outbox.acked_watermark(c, 1)) == 3
         assert await store.run(lambda c: outbox.unacked(c, 0)) == []  # events go in lane 1
+
+
+async def test_an_ack_is_one_watermark_never_ahead_of_the_records_written(tmp_path: Path):
+    async with EdgeStore.open(tmp_path / "edge.db", SITE) as store:
+        for _ in range(3):
+            await store.run(partial(append_event, store=store))
+        # central cannot have committed seq 9: the ack covers what exists, no more
+        assert await store.run(lambda c: outbox.mark_acked(c, store.epoch, 1, 9)) == 3
+        assert await store.run(lambda c: outbox.acked_watermark(c, 1)) == 3
+        assert await store.run(lambda c: outbox.mark_acked(c, store.epoch, 1, 2)) == 0  # stale
+        fourth = await store.run(partial(append_event, store=store))
+        assert [r.seq for r in await store.run(lambda c: outbox.unacked(c, 1))] == [fourth.seq]
+        assert (await store.run(outbox.depth))[0] == 1
+    with sqlite3.connect(tmp_path / "edge.db") as conn:  # the `outbox` view tells the same
+        assert conn.execute("SELECT seq, acked FROM outbox ORDER BY rowid").fetchall() == [
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (4, 0),
+        ]
+        assert conn.execute(outbox.DEPTH_SQL).fetchone() == (1,)
+
+
+def test_upgrading_an_outbox_with_acked_flags_keeps_what_was_acked(tmp_path: Path):
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    migrate(conn, MIGRATIONS[:1])  # the schema before acked became a watermark
+    for lane, seq, acked in [(0, 1, 1), (0, 2, 1), (0, 3, 0), (1, 1, 1), (1, 2, 0)]:
+        conn.execute(
+            "INSERT INTO outbox (lane, seq, epoch, id, kind, payload, created_ms, acked)"
+            " VALUES (?, ?, 7, ?, 'k', x'7b7d', ?, ?)",
+            (lane, seq, f"r{lane}.{seq}", seq, acked),
+        )
+    conn.execute("INSERT INTO meta VALUES ('acked_seq_1', '0')")  # behind its rows: repaired
+    assert migrate(conn) == list(range(2, len(MIGRATIONS) + 1))
+    assert dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'acked_seq_%'")) == {
+        "acked_seq_0": "2",
+        "acked_seq_1": "1",
+    }
+    unacked = conn.execute("SELECT lane, seq FROM outbox WHERE acked = 0 ORDER BY lane, seq")
+    assert unacked.fetchall() == [(0, 3), (1, 2)]
+    assert outbox.depth(conn) == (2, 2)
+    assert outbox.prune_acked(conn, older_than_ms=10) == 3
+    assert conn.execute("SELECT count(*) FROM outbox_rows").fetchone() == (2,)
+    conn.close()
 
 
 async def test_a_record_in_the_wrong_lane_is_refused(tmp_path: Path):
