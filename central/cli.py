@@ -316,11 +316,12 @@ def balances(db_path: Path, as_json: bool) -> None:
 
 
 def _add_operation_commands() -> None:
+    from central.cli_attendance import COMMANDS as ATTENDANCE
     from central.cli_ops import COMMANDS
     from central.cli_release import release
     from central.cli_users import user
 
-    for command in (*COMMANDS, release, user):
+    for command in (*COMMANDS, *ATTENDANCE, release, user):
         main.add_command(command)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from central import anomalies, operations
+from central import anomalies, attendance, operations
 from central.core.ledger import Entry, entries_for, moves_money
 from edge_agent.adapters.sqlite_outbox import lane_of
 from protocol.errors import MessageError
@@ -253,6 +253,7 @@ def ingest_batch(
         if lane == 0:  # records of the other lane never move money (else they are dead)
             money = apply_records(conn, site, epoch, lane, live, now_ms, holders)
         anomalies.check_records(conn, site, live, at_ms=now_ms)
+        attendance.collect(conn, site, live, holders, now_ms=now_ms)
     else:
         for values in prepared.rows:
             outcome = _store_one(conn, values, now_ms)
@@ -409,6 +410,7 @@ def _advance(  # noqa: PLR0917 - the coordinates of one lane
     if applied:
         money = apply_records(conn, site, epoch, lane, walked, now_ms, holders)
         anomalies.check_records(conn, site, walked, at_ms=now_ms)
+        attendance.collect(conn, site, walked, holders, now_ms=now_ms)
         conn.execute(
             "UPDATE records SET applied = 1 WHERE site = ? AND epoch = ? AND lane = ?"
             " AND applied = 0 AND seq <= ?",
