@@ -335,13 +335,17 @@ class Member:
     department: str | None
 
 
-def members(conn: sqlite3.Connection, department: str | None) -> list[Member]:
-    """Staff in ``department`` and the departments under it (every staff member if None)."""
+def members(
+    conn: sqlite3.Connection, department: str | None, *, staff_only: bool = True
+) -> list[Member]:
+    """Staff (or everyone, if not ``staff_only``) in ``department`` and the departments
+    under it; every staff member if ``department`` is None."""
     rows = conn.execute(
         "SELECT key, json_extract(data, '$.name'), coalesce(json_extract(data, '$.number'), ''),"
         " json_extract(data, '$.department') FROM master"
         " WHERE scope = '' AND entity = 'person'"
-        " AND coalesce(json_extract(data, '$.kind'), 'member') = 'staff' ORDER BY key"
+        " AND (? OR coalesce(json_extract(data, '$.kind'), 'member') = 'staff') ORDER BY key",
+        (not staff_only,),
     ).fetchall()
     found = [Member(*row) for row in rows]
     if department is None:

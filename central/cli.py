@@ -316,12 +316,13 @@ def balances(db_path: Path, as_json: bool) -> None:
 
 
 def _add_operation_commands() -> None:
+    from central.cli_access import COMMANDS as ACCESS
     from central.cli_attendance import COMMANDS as ATTENDANCE
     from central.cli_ops import COMMANDS
     from central.cli_release import release
     from central.cli_users import user
 
-    for command in (*COMMANDS, *ATTENDANCE, release, user):
+    for command in (*COMMANDS, *ATTENDANCE, *ACCESS, release, user):
         main.add_command(command)
 
 

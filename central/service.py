@@ -33,7 +33,7 @@ import aiomqtt
 import msgspec
 import structlog
 
-from central import anomalies, finance, master
+from central import access, anomalies, finance, master
 from central.adapters.sqlite_store import CentralStore, StoreError
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
@@ -402,6 +402,8 @@ class CentralService:
                 await self.store.run(finance.flag_uncommitted)
                 await self.store.run(lambda conn: anomalies.flag_gaps(conn, now_ms=now_ms()))
                 revised = await self.store.run(finance.refresh)
+                # people who joined, left or moved department get their departments' grants
+                await self.store.run(access.sync_department_grants)
             except (StoreError, sqlite3.Error, ValueError) as exc:  # never end the session
                 log.warning("central.housekeeping_failed", error=str(exc))
                 continue

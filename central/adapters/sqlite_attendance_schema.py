@@ -63,4 +63,24 @@ ATTENDANCE_MIGRATIONS: list[tuple[str, str]] = [
         ) STRICT;
         """,
     ),
+    (
+        "access administration: access levels granted to departments",
+        """
+        -- a department's grant reaches everyone in it and below it, as person grants
+        -- (master entity access_grant) that central keeps in step with membership
+        CREATE TABLE access_dept_grants (
+            department TEXT NOT NULL REFERENCES departments (id),
+            level_id   TEXT NOT NULL,
+            valid_from TEXT,                     -- ISO UTC, or NULL
+            valid_to   TEXT,
+            PRIMARY KEY (department, level_id)
+        ) STRICT;
+        -- the person grants central derived from those (a direct grant is never touched)
+        CREATE TABLE access_derived (
+            person_id TEXT NOT NULL,
+            level_id  TEXT NOT NULL,
+            PRIMARY KEY (person_id, level_id)
+        ) STRICT;
+        """,
+    ),
 ]
