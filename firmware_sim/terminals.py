@@ -35,6 +35,7 @@ from protocol.terminal import (
     Challenge,
     Config,
     Decision,
+    DoorOpen,
     Error,
     Event,
     EventName,
@@ -394,6 +395,18 @@ class DoorReader(Terminal):
 
     kind = "door"
     decides_offline = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Remote opens obeyed (DOOR_OPEN from the edge): (door, open_ms, terminal time ms).
+        self.remote_opens: list[tuple[str | None, int, int]] = []
+
+    async def _on_request(self, frame: Frame, body: Body) -> Body | None:
+        if isinstance(body, DoorOpen) and self._authenticated:
+            self.remote_opens.append((body.door, body.open_ms, self.now_ms()))
+            self.show("远程开门")  # the lock releases for open_ms
+            return Ack()
+        return await super()._on_request(frame, body)
 
     async def tap(self, uid: str, *, door: str | None = None) -> Outcome:
         """Present card ``uid``; the door opens for ``open_ms`` if granted."""

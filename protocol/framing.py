@@ -56,6 +56,7 @@ class FrameType(enum.IntEnum):
     CONFIG = 0x41  # E→T  request; reply ACK
     LIST_UPDATE = 0x42  # E→T  request; reply ACK
     RECORD_UPLOAD = 0x43  # T→E  request; reply ACK
+    DOOR_OPEN = 0x44  # E→T  request; reply ACK
     ACK = 0x7E  # either way, reply
     ERROR = 0x7F  # either way, reply
 

@@ -192,6 +192,13 @@ class Config(Body, kw_only=True, frozen=True):
     config: dict[str, Any]
 
 
+class DoorOpen(Body, kw_only=True, frozen=True):
+    """E→T: open the door now (HQ's remote open, audited there), for ``open_ms``."""
+
+    door: Short | None = None
+    open_ms: Annotated[int, Meta(ge=500, le=60000)] = 5000
+
+
 class ListUpdate(Body, kw_only=True, frozen=True):
     """E→T: change a local decision list. A ``full`` update replaces the list; otherwise the
     terminal applies it only if its version equals ``prev_version`` (else it NAKs)."""
@@ -234,7 +241,7 @@ class RecordUpload(Body, kw_only=True, frozen=True):
 
 
 class Ack(Body, kw_only=True, frozen=True):
-    """Reply to EVENT, TIME, CONFIG, LIST_UPDATE and RECORD_UPLOAD."""
+    """Reply to EVENT, TIME, CONFIG, LIST_UPDATE, RECORD_UPLOAD and DOOR_OPEN."""
 
     ok: bool = True
     upto: U32 | None = None
@@ -268,6 +275,7 @@ BODY_TYPES: dict[FrameType, type[Body]] = {
     FrameType.CONFIG: Config,
     FrameType.LIST_UPDATE: ListUpdate,
     FrameType.RECORD_UPLOAD: RecordUpload,
+    FrameType.DOOR_OPEN: DoorOpen,
     FrameType.ACK: Ack,
     FrameType.ERROR: Error,
 }

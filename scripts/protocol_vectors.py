@@ -268,6 +268,12 @@ vec(
     Ack(ok=False, code="version_gap"),
     "The controller's blacklist is not at version 1841: a NAK. The edge will send the full list.",
 )
+vec(
+    "DOOR_OPEN",
+    2,
+    DoorOpen(door="D1", open_ms=5000),
+    "HQ's remote open of door D1 for five seconds (see 10.17a); the controller answers ACK.",
+)
 p("### 19.7 Uploading buffered records")
 p()
 vec(

@@ -36,6 +36,7 @@ from protocol.terminal import (
     Challenge,
     Config,
     Decision,
+    DoorOpen,
     Error,
     Event,
     Heartbeat,
@@ -163,6 +164,7 @@ FRAMES: dict[str, tuple[FrameType, int, Body]] = {
         ),
     ),
     "ACK_VERSION_GAP": (FrameType.ACK, 1, Ack(ok=False, code="version_gap")),
+    "DOOR_OPEN": (FrameType.DOOR_OPEN, 2, DoorOpen(door="D1", open_ms=5000)),
     "RECORD_UPLOAD": (
         FrameType.RECORD_UPLOAD,
         7,

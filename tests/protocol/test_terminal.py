@@ -200,6 +200,11 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
         add=st.lists(card_uids, max_size=8),
         remove=st.lists(card_uids, max_size=8),
     ),
+    t.DoorOpen: st.builds(
+        t.DoorOpen,
+        door=st.none() | st.text(max_size=64),
+        open_ms=st.integers(500, 60000),
+    ),
     t.BufferedRecord: buffered_records,
     t.RecordUpload: st.builds(
         t.RecordUpload, records=st.lists(buffered_records, min_size=1, max_size=5)
@@ -340,7 +345,7 @@ def reject(ftype: int, payload: bytes) -> MessageError:
 TAP = {"rec": 42, "uid": "04A1B2C3", "time_ms": TAP_TIME, "amount": 1200}
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x12, 0x44, 0x80, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x12, 0x45, 0x80, 0xFF])
 def test_unknown_frame_type_is_a_message_error(ftype: int) -> None:
     assert ftype not in set(FrameType)
 
