@@ -11,8 +11,9 @@ result: 200 ``{"outcome": "accepted", …}`` or 422 ``{"outcome": "rejected", "r
 in the header ``Blacklist-Version``.
 
 Errors are JSON ``{"error": {"code", "message"}}`` with 400 (bad JSON or fields), 401
-(no or unknown token), 403 (role), 404, 409 (state conflict), 413 (body too large); each is
-counted in ``app.state.stats``.
+(no or unknown token), 403 (role), 404, 405 (method; with ``Allow``), 409 (state conflict),
+413 (body too large); each is counted in ``app.state.stats``. The OpenAPI document of all
+this is ``GET /api/v1/openapi.json`` (:mod:`central.openapi`; see ``docs/api.md``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 import msgspec
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -51,6 +53,18 @@ FINANCE = frozenset({"admin", "finance"})
 READ_FINANCE = frozenset({"admin", "finance", "auditor"})
 HANDLE_ANOMALIES = frozenset({"admin", "operator", "finance"})
 ADMIN = frozenset({"admin"})
+ANYONE = frozenset(queries.ROLES)
+#: The longest grace a reconciliation may give a prepared recharge (a week).
+MAX_GRACE_MINUTES = 7 * 24 * 60
+#: Integer query parameters must fit SQLite's signed 64-bit INTEGER.
+_INT64 = 2**63 - 1
+#: The business days the API clears and settles (no record is older than the Unix epoch).
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9999, 12, 30)
+#: The values of the enumerated query parameters.
+_OUTCOMES = ("accepted", "rejected")
+_STATES = ("open", "acknowledged", "resolved")
+_FORMATS = ("json", "csv")
+_FLAGS = ("0", "1", "false", "true", "no", "yes")
 
 _request_decoder = msgspec.json.Decoder(AnyRequest)
 
@@ -109,8 +123,9 @@ def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlet
         Route("/api/v1/reconciliations", guarded(FINANCE, api.reconciliation), methods=["POST"]),
         Route("/api/v1/settings", guarded(READ_PEOPLE, api.settings_get), methods=["GET"]),
         Route("/api/v1/settings", guarded(ADMIN, api.settings_put), methods=["PUT"]),
+        Route("/api/v1/openapi.json", guarded(ANYONE, api.openapi), methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers=ERROR_HANDLERS)
     app.state.api = api.state
     return app
 
@@ -185,7 +200,7 @@ class _Endpoints:
                 operator=p.get("operator"),
                 action=p.get("action"),
                 target=p.get("target"),
-                outcome=p.get("outcome"),
+                outcome=_choice(request, "outcome", _OUTCOMES, None),
                 before_id=before_id,
                 limit=limit,
             )
@@ -195,9 +210,10 @@ class _Endpoints:
     async def anomaly_list(self, request: Request, _who: Identity) -> Response:
         p = request.query_params
         limit = _int(request, "limit", 100)
+        state = _choice(request, "state", _STATES, None)
         rows = await self.store.run(
             lambda conn: queries.anomalies(
-                conn, state=p.get("state"), kind=p.get("kind"), site=p.get("site"), limit=limit
+                conn, state=state, kind=p.get("kind"), site=p.get("site"), limit=limit
             )
         )
         return JSONResponse({"anomalies": rows})
@@ -227,7 +243,7 @@ class _Endpoints:
         errors (nothing imported)."""
         data = await _body(request)
         p = request.query_params
-        dry_run = p.get("dry_run", "0").lower() in {"1", "true", "yes"}
+        dry_run = _flag(request, "dry_run")
         try:
             plan = await self.store.run(
                 lambda conn: imports.import_members(
@@ -249,6 +265,7 @@ class _Endpoints:
         """``?day=YYYY-MM-DD[&site=S|&site=HQ][&format=csv]``: the day's reports (every
         site and HQ by default), cleared now (a new revision if late records arrived)."""
         day = _date(request, "day")
+        as_csv = _choice(request, "format", _FORMATS, "json") == "csv"
         site = request.query_params.get("site")
 
         def run(conn: Any) -> list[DayReport]:
@@ -259,7 +276,7 @@ class _Endpoints:
             return finance.clear_all(conn, day)
 
         reports = await self.store.run(run)
-        if request.query_params.get("format") == "csv":
+        if as_csv:
             return _csv(clearing_csv(reports), f"clearing-{day}.csv")
         return Response(
             b"[" + b",".join(clearing_json(r) for r in reports) + b"]",
@@ -269,10 +286,11 @@ class _Endpoints:
     async def settlement(self, request: Request, _who: Identity) -> Response:
         """``?from=…&to=…[&format=csv]``: HQ's settlement list over those days."""
         first, last = _date(request, "from"), _date(request, "to")
+        as_csv = _choice(request, "format", _FORMATS, "json") == "csv"
         if last < first or (last - first).days > 92:
             raise ApiError(400, "invalid_request", "from..to must be 1 to 93 days")
         result = await self.store.run(lambda conn: finance.settlement(conn, first, last))
-        if request.query_params.get("format") == "csv":
+        if as_csv:
             return _csv(settlement_csv(result), f"settlement-{first}-{last}.csv")
         return Response(msgspec.json.encode(result), media_type="application/json")
 
@@ -280,8 +298,8 @@ class _Endpoints:
         """The body is the statement file; ``?filename=…&apply=1&grace_minutes=30``."""
         data = await _body(request)
         p = request.query_params
-        apply = p.get("apply", "0").lower() in {"1", "true", "yes"}
-        grace = timedelta(minutes=_int(request, "grace_minutes", 30))
+        apply = _flag(request, "apply")
+        grace = timedelta(minutes=_int(request, "grace_minutes", 30, low=0, high=MAX_GRACE_MINUTES))
         try:
             run = await self.store.run(
                 lambda conn: finance.reconcile_statement(
@@ -298,6 +316,12 @@ class _Endpoints:
         except StatementError as exc:
             raise ApiError(400, "invalid_statement", str(exc)) from None
         return Response(msgspec.json.encode(run), media_type="application/json")
+
+    async def openapi(self, _request: Request, _who: Identity) -> Response:
+        """The OpenAPI document of this API."""
+        from central import openapi  # noqa: PLC0415 - central.openapi imports this module
+
+        return Response(openapi.document_json(), media_type="application/json")
 
     async def settings_get(self, _request: Request, _who: Identity) -> Response:
         def read(conn: Any) -> dict[str, Any]:
@@ -387,22 +411,44 @@ async def _found(pending: Awaitable[Any]) -> Any:
         raise ApiError(409, "conflict", str(exc)) from None
 
 
-def _int(request: Request, name: str, default: int | None) -> Any:
+def _int(
+    request: Request, name: str, default: int | None, *, low: int = -_INT64, high: int = _INT64
+) -> Any:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        span = "a 64-bit integer" if (low, high) == (-_INT64, _INT64) else f"from {low} to {high}"
+        raise ApiError(400, "invalid_request", f"{name} must be {span}")
+    return value
+
+
+def _choice(request: Request, name: str, choices: tuple[str, ...], default: str | None) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise ApiError(400, "invalid_request", f"{name} must be one of {', '.join(choices)}")
+    return raw
+
+
+def _flag(request: Request, name: str) -> bool:
+    return _choice(request, name, _FLAGS, "0") in {"1", "true", "yes"}
 
 
 def _date(request: Request, name: str) -> date:
     raw = request.query_params.get(name)
     try:
-        return date.fromisoformat(raw or "")
+        day = date.fromisoformat(raw or "")
     except ValueError:
         raise ApiError(400, "invalid_request", f"{name} must be a date YYYY-MM-DD") from None
+    if not FIRST_DAY <= day <= LAST_DAY:  # a day's window in any zone must stay in range
+        raise ApiError(400, "invalid_request", f"{name} must be from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 def _csv(data: bytes, filename: str) -> Response:
@@ -414,10 +460,51 @@ def _csv(data: bytes, filename: str) -> Response:
 
 
 def _path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
     try:
-        return int(request.path_params[name])
+        value = int(raw)
     except ValueError:
-        raise ApiError(404, "not_found", f"no {name} {request.path_params[name]}") from None
+        raise ApiError(404, "not_found", f"no {name} {raw}") from None
+    if not -_INT64 <= value <= _INT64:  # no row has it (and SQLite could not look it up)
+        raise ApiError(404, "not_found", f"no {name} {raw}")
+    return value
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """An unknown path (404) or method (405), answered in the API's error shape."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    counters = getattr(request.app.state, "api", None)
+    if isinstance(counters, ApiState):
+        counters.count("api_error_" + ("method_not_allowed" if status == 405 else "not_found"))
+    if status == 405:
+        # Every method of the path (one path may have a Route per method).
+        path = request.scope["path"]
+        allowed = {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.path_regex.fullmatch(path)
+            for method in route.methods or ()
+        }
+        response = _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
+    return _error(404, "not_found", f"no API route {request.url.path}")
+
+
+#: Starlette's own 404 and 405 in the API's error shape (for any app serving /api/…).
+ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    404: _no_route,
+    405: _no_route,
+}
+
+
+def in_front(routes: list[Route], api: Any) -> Starlette:
+    """An app answering ``routes`` itself and passing every other request to ``api``
+    unchanged (not through a ``Mount``, whose pattern would not match a path holding an
+    encoded newline: the API must answer that one, with its own error)."""
+    app = Starlette(routes=routes, exception_handlers=ERROR_HANDLERS)
+    app.router.default = api
+    return app
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import os
 import signal
 import sys
 from importlib.metadata import version as _dist_version
@@ -85,6 +87,43 @@ def version() -> None:
     envvar="ONECARD_SECURE_COOKIES",
     help="mark the dashboard's cookies Secure (when it is reached over HTTPS)",
 )
+@click.option(
+    "--alert-webhook",
+    envvar="ONECARD_ALERT_WEBHOOK",
+    metavar="URL",
+    help="POST every alert opened or resolved there as JSON (docs/monitoring.md)",
+)
+@click.option(
+    "--site-offline-after",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    envvar="ONECARD_SITE_OFFLINE_AFTER",
+    metavar="SECONDS",
+    help="a site gone this long raises an emergency alert",
+)
+@click.option(
+    "--alert-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    envvar="ONECARD_ALERT_INTERVAL",
+    metavar="SECONDS",
+    help="how often the alert rules run",
+)
+@click.option(
+    "--release-store",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ONECARD_RELEASE_STORE",
+    help="serve its releases to edges at /releases/ (with --http and --site-passwords)",
+)
+@click.option(
+    "--site-passwords",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="ONECARD_SITE_PASSWORDS",
+    help="the broker's password file (broker-dir/passwd): sites download releases with "
+    "their MQTT credentials",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     db_path: Path,
@@ -94,6 +133,11 @@ def serve(
     ca_file: Path | None,
     http: str | None,
     secure_cookies: bool,
+    alert_webhook: str | None,
+    site_offline_after: float,
+    alert_interval: float,
+    release_store: Path | None,
+    site_passwords: Path | None,
     log_level: str,
 ) -> None:
     """Run central: ingest records, publish acks, feed and blacklist, and the dashboard
@@ -112,6 +156,16 @@ def serve(
     )
 
     listen = _host_port(http) if http else None
+    from central.alerts import AlertSettings
+    from central.core.alerts import Thresholds
+
+    if alert_webhook and not alert_webhook.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http:// or https:// URL", param_hint="--alert-webhook")
+    alerting = AlertSettings(
+        limits=Thresholds(site_offline_s=site_offline_after),
+        interval_s=alert_interval,
+        webhook_url=alert_webhook or None,
+    )
 
     async def go() -> None:
         from central.users import web_key
@@ -119,14 +173,31 @@ def serve(
         from central.web.page import WebConfig
 
         async with CentralStore.open(db_path) as store:
-            service = CentralService(store, broker)
+            service = CentralService(store, broker, alerting=alerting)
+            from central.logtail import TailHub
+
+            hub = service.logtail = TailHub(store, service.send_command)
+            from central.rollouts import RolloutDriver
+
+            service.rollouts = RolloutDriver(store, service.publish)
+            artifacts = None
+            if release_store is not None and site_passwords is not None:
+                from central.artifacts import ReleaseStore, SitePasswords, artifact_app
+
+                artifacts = artifact_app(ReleaseStore(release_store), SitePasswords(site_passwords))
             server = None
             if listen is not None:
+                from central.metrics import metrics_endpoint
+
                 server = dashboard_server(
                     store,
                     *listen,
                     secret_key=await store.run(web_key),
                     config=WebConfig(secure_cookies=secure_cookies),
+                    metrics=metrics_endpoint(store, service),
+                    logtail=hub,
+                    artifacts=artifacts,
+                    service=service,
                 )
 
             def stop() -> None:
@@ -139,6 +210,7 @@ def serve(
                 loop.add_signal_handler(sig, stop)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(service.run())
+                tasks.create_task(hub.run(service.stopping))
                 if server is not None:
                     tasks.create_task(server.serve())
 
@@ -315,14 +387,65 @@ def balances(db_path: Path, as_json: bool) -> None:
     sys.exit(1 if bad else 0)
 
 
+@main.group()
+def alert() -> None:
+    """Alerts raised by ``serve`` (docs/monitoring.md)."""
+
+
+@alert.command("list")
+@click.option("--all", "show_all", is_flag=True, help="resolved alerts too")
+@click.option("--json", "as_json", is_flag=True, help="print JSON lines")
+@DB_OPTION
+def alert_list(show_all: bool, as_json: bool, db_path: Path) -> None:
+    """Alerts not yet resolved (with --all: every alert), most severe first."""
+    from central.alerts import alert_list as rows_of
+
+    rows = run_op(db_path, lambda conn: rows_of(conn, active=not show_all))
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        who = f" by {row['acked_by']}" if row["acked_by"] else ""
+        where = " ".join(p for p in (row["site"] or "HQ", row["subject"]) if p)
+        state = f"{row['state']}{who}"
+        click.echo(f"#{row['id']:<5} {row['severity']:<9} {state:<24} {row['kind']} {where}")
+    if not rows and not as_json:
+        click.echo("no alerts")
+
+
+@alert.command("ack")
+@click.argument("alert_id", type=int)
+@click.option("--note", default="", help="what is being done about it")
+@click.option("--operator", default=lambda: os.environ.get("SUDO_USER") or getpass.getuser())
+@DB_OPTION
+def alert_ack(alert_id: int, note: str, operator: str, db_path: Path) -> None:
+    """Acknowledge an open alert (someone is on it); recorded in the audit log."""
+    from central import alerts
+    from central.queries import ConflictError, NotFoundError
+    from edge_agent.adapters.sqlite_store import now_ms
+
+    try:
+        row = run_op(
+            db_path,
+            lambda conn: alerts.acknowledge(
+                conn, alert_id, operator=operator, source="hq:cli", at_ms=now_ms(), note=note
+            ),
+        )
+    except (NotFoundError, ConflictError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"alert #{row['id']} acknowledged by {row['acked_by']}")
+
+
 def _add_operation_commands() -> None:
     from central.cli_access import COMMANDS as ACCESS
     from central.cli_attendance import COMMANDS as ATTENDANCE
+    from central.cli_logs import logs
     from central.cli_ops import COMMANDS
     from central.cli_release import release
+    from central.cli_rollout import rollout
     from central.cli_users import user
 
-    for command in (*COMMANDS, *ATTENDANCE, *ACCESS, release, user):
+    for command in (*COMMANDS, *ATTENDANCE, *ACCESS, release, rollout, user, logs):
         main.add_command(command)
 
 

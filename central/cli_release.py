@@ -169,4 +169,38 @@ def verify(
     )
 
 
+@release.command("publish")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--pubkey",
+    "pubkeys",
+    multiple=True,
+    required=True,
+    help="a trusted public key: hex, or a file with it (repeat for several)",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/var/lib/onecard-central/releases"),
+    show_default=True,
+    envvar="ONECARD_RELEASE_STORE",
+    help="central's release store, which serve --release-store hands to edges",
+)
+def publish(directory: Path, pubkeys: tuple[str, ...], store_path: Path) -> None:
+    """Verify the signed release in DIRECTORY and copy it into central's release store,
+    from which edges download it (then: onecard-central rollout start VERSION)."""
+    from central.artifacts import PublishError, ReleaseStore
+    from central.releases import load_trusted_keys
+
+    store = ReleaseStore(store_path)
+    try:
+        manifest, new = store.publish(directory, load_trusted_keys(pubkeys), now=datetime.now(UTC))
+    except (PublishError, ReleaseError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    what = "published" if new else "already published (same manifest)"
+    click.echo(f"{manifest.version} {what} in {store_path / manifest.version}")
+    click.echo(f"manifest sha256 {store.manifest_sha256(manifest.version)}")
+
+
 COMMANDS = (release,)

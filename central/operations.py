@@ -129,7 +129,9 @@ def change_settings(
     role: str | None = None,
     ip: str | None = None,
 ) -> None:
-    """Replace the policy and/or card types, with an audit line of before and after."""
+    """Replace the policy and/or card types, with an audit line of before and after;
+    ValueError (nothing changed) for a negative amount or a card type without a name."""
+    _check_settings(policy, card_types)
     before: dict[str, Scalar] = {
         "policy": _json.encode(load_policy(conn)).decode(),
         "card_types": _json.encode(sorted(load_card_types(conn).values(), key=_name)).decode(),
@@ -137,8 +139,6 @@ def change_settings(
     if policy is not None:
         save_policy(conn, policy)
     if card_types is not None:
-        if len({t.name for t in card_types}) != len(card_types):
-            raise ValueError("card type names must be unique")
         save_card_types(conn, card_types)
     after: dict[str, Scalar] = {
         "policy": _json.encode(load_policy(conn)).decode(),
@@ -173,6 +173,29 @@ def merged_policy(conn: sqlite3.Connection, changes: dict[str, Any]) -> Policy:
         return msgspec.convert({**current, **changes}, Policy)
     except msgspec.ValidationError as exc:
         raise ValueError(f"policy: {exc}") from None
+
+
+#: Largest amount or count a setting may hold (2**53 - 1: exact in every JSON reader).
+MAX_SETTING = 2**53 - 1
+
+
+def _check_settings(policy: Policy | None, card_types: list[CardType] | None) -> None:
+    if policy is not None:
+        for name in ("cancel_fee_fen", "reissue_fee_fen", "recharge_cap_fen", "clock_skew_s"):
+            value = getattr(policy, name)
+            if not 0 <= value <= MAX_SETTING:
+                raise ValueError(f"policy: {name} must be from 0 to {MAX_SETTING}")
+        if policy.recharge_cap_fen < 1:
+            raise ValueError("policy: recharge_cap_fen must be at least 1")
+        if not policy.default_card_type.strip():
+            raise ValueError("policy: default_card_type must not be empty")
+    for card_type in card_types or ():
+        if not card_type.name.strip() or not card_type.name.isprintable():
+            raise ValueError(f"card type name {card_type.name!r} must be printable, not blank")
+        if not 0 <= card_type.deposit_fen <= MAX_SETTING:
+            raise ValueError(f"card type {card_type.name}: deposit_fen must be 0 to {MAX_SETTING}")
+    if card_types is not None and len({t.name for t in card_types}) != len(card_types):
+        raise ValueError("card type names must be unique")
 
 
 def _name(card_type: CardType) -> str:

@@ -25,6 +25,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -33,9 +34,12 @@ import aiomqtt
 import msgspec
 import structlog
 
-from central import access, anomalies, finance, master
+from central import access, alerts, anomalies, finance, master
 from central.adapters.sqlite_store import CentralStore, StoreError
+from central.alerts import AlertSettings
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
+from central.logtail import TailHub
+from central.rollouts import RolloutDriver
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
@@ -45,8 +49,11 @@ from protocol.messages import (
     Ack,
     BlacklistDelta,
     CentralState,
+    Command,
     Feed,
+    Health,
     RawRecordBatch,
+    Reply,
     ResendFrom,
     SiteBirth,
     decode,
@@ -69,6 +76,8 @@ RESEND_EVERY_S = 5.0
 FANOUT = 32
 #: Concurrent batch ingests (they share group commits); more wait their turn.
 INGEST_CONCURRENCY = 32
+#: Alert changes waiting for the webhook; past this they are dropped (and counted).
+WEBHOOK_QUEUE = 1000
 
 
 @dataclass
@@ -87,10 +96,18 @@ class CentralService:
     sent_feed: dict[str, int] = field(default_factory=dict)
     online: set[str] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=dict)
+    #: Alert rules, detection times and the webhook (central/alerts.py).
+    alerting: AlertSettings = field(default_factory=AlertSettings)
     _client: aiomqtt.Client | None = None
+    #: Remote log tails (``up/logs`` goes there); None: log batches are only counted.
+    logtail: TailHub | None = None
+    #: Staged upgrades (``up/reply`` of ``upgrade`` commands goes there); None: not driven.
+    rollouts: RolloutDriver | None = None
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGEST_CONCURRENCY))
     #: Per (site, epoch, lane) with an ack being published: the newest watermark to send.
     _acks: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    #: Replies someone is waiting for (a remote door open), by command id.
+    _awaited: dict[str, asyncio.Future[Reply]] = field(default_factory=dict)
     _last_head: int = 0
     _last_flush: float = 0.0
 
@@ -154,6 +171,11 @@ class CentralService:
                     group.create_task(self._publisher())
                     group.create_task(self._gap_watch())
                     group.create_task(self._housekeeping())
+                    hooks: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(WEBHOOK_QUEUE)
+                    group.create_task(self._alerts(hooks))
+                    group.create_task(self._webhook(hooks))
+                    if self.rollouts is not None:
+                        group.create_task(self.rollouts.run())
                     group.create_task(self._until_stopped())
             except* _Stopped:
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -190,6 +212,19 @@ class CentralService:
                 group.create_task(self._records(site, topic_name, payload))
             elif topic.channel is Channel.UP_STATE:
                 await self._state(site, topic_name, payload)
+            elif topic.channel is Channel.UP_HEALTH:
+                await self._health(site, topic_name, payload)
+            elif topic.channel is Channel.UP_REPLY and self._answered(site, payload):
+                pass  # handed to the request that sent the command
+            elif topic.channel is Channel.UP_REPLY and self.rollouts is not None:
+                error = await self.rollouts.on_reply(site, payload)
+                if error is not None:
+                    await self._dead_letter(topic_name, site, error, payload)
+            elif topic.channel is Channel.UP_LOGS and self.logtail is not None:
+                try:
+                    self.logtail.receive(site, payload)  # queues only: never blocks consume
+                except MessageError as exc:
+                    await self._dead_letter(topic_name, site, str(exc), payload)
             else:
                 await self.store.run(partial(_seen, site=site))
 
@@ -221,6 +256,7 @@ class CentralService:
                 log.exception("ingest.failed", site=site, topic=topic)
                 await self._dead_letter(topic, site, f"ingest failed: {exc!r}", payload)
                 return
+            self.count("batches")
             self.count("records_new", result.new)
             self.count("records_duplicate", result.duplicates)
             self.count("records_dead", result.dead)
@@ -264,6 +300,8 @@ class CentralService:
                 await self._dead_letter(topic, site, f"site {site} is not registered", payload)
                 return
             self.online.add(site)
+            if self.rollouts is not None:
+                await self.rollouts.on_birth(site, state.version)
             log.info(
                 "site.online",
                 site=site,
@@ -280,6 +318,74 @@ class CentralService:
             )
             log.info("site.offline", site=site)
 
+    async def _health(self, site: str, topic: str, payload: bytes) -> None:
+        try:
+            health = decode(payload, Health)
+        except MessageError as exc:
+            await self._dead_letter(topic, site, str(exc), payload)
+            return
+        if health.site != site:
+            reason = f"payload site {health.site} is not the topic's site {site}"
+            await self._dead_letter(topic, site, reason, payload)
+            return
+        self.count("health_reports")
+        received = now_ms()
+        await self.store.run(
+            lambda conn: alerts.record_health(conn, site, health, received_ms=received)
+        )
+
+    async def _alerts(self, hooks: asyncio.Queue[tuple[int, bytes]]) -> None:
+        """Every ``alerting.interval_s``: run the alert rules; queue what opened or resolved
+        for the webhook (if any). A failed evaluation is logged and counted."""
+        settings = self.alerting
+        while True:
+            raise_if_cancelling()
+            await asyncio.sleep(settings.interval_s)
+            try:
+                changes = await self.store.run(
+                    partial(
+                        alerts.evaluate,
+                        now_ms=now_ms(),
+                        limits=settings.limits,
+                        sent_feed=dict(self.sent_feed),
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - alerts must never end the session
+                self.count("alert_evaluation_failures")
+                log.warning("alerts.evaluation_failed", error=str(exc))
+                continue
+            for event, rows in (("opened", changes.opened), ("resolved", changes.resolved)):
+                for row in rows:
+                    self.count(f"alerts_{event}")
+                    log.warning(
+                        f"alert.{event}",
+                        alert=row["id"],
+                        kind=row["kind"],
+                        severity=row["severity"],
+                        site=row["site"],
+                        subject=row["subject"] or None,
+                    )
+                    if settings.webhook_url:
+                        try:
+                            hooks.put_nowait((row["id"], alerts.webhook_payload(event, row)))
+                        except asyncio.QueueFull:  # the receiver is down or slow: drop, count
+                            self.count("webhook_failures")
+                            log.warning("alert.webhook_dropped", alert=row["id"])
+
+    async def _webhook(self, hooks: asyncio.Queue[tuple[int, bytes]]) -> None:
+        """Post queued alert changes to the webhook, one at a time, each with its timeout."""
+        settings = self.alerting
+        while True:
+            alert_id, body = await hooks.get()
+            if not settings.webhook_url:
+                continue
+            error = await alerts.post_webhook(
+                settings.webhook_url, body, timeout_s=settings.webhook_timeout_s
+            )
+            if error is not None:
+                self.count("webhook_failures")
+                log.warning("alert.webhook_failed", alert=alert_id, error=error)
+
     async def _dead_letter(self, topic: str, site: str | None, reason: str, payload: bytes) -> None:
         self.count("dead_letters")
         log.warning("central.dead_letter", topic=topic, site=site, reason=reason[:200])
@@ -290,6 +396,50 @@ class CentralService:
         )
 
     # -- publishing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expect_reply(self, command_id: str) -> Iterator[asyncio.Future[Reply]]:
+        """A future for the site's ``up/reply`` to command ``command_id``; register it
+        before sending the command."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._awaited[command_id] = future
+        try:
+            yield future
+        finally:
+            self._awaited.pop(command_id, None)
+
+    def _answered(self, site: str, payload: bytes) -> bool:
+        """True if ``payload`` is a reply someone waits for (and it is now theirs)."""
+        if not self._awaited:
+            return False
+        try:
+            reply = decode(payload, Reply)
+        except MessageError:
+            return False  # the next branch dead-letters it
+        future = self._awaited.get(reply.cmd_id)
+        if future is None or reply.site != site or future.done():
+            return False
+        if reply.status in ("accepted", "progress"):
+            return True  # not the final answer yet
+        future.set_result(reply)
+        return True
+
+    async def send_command(self, site: str, command: Command) -> bool:
+        """Publish ``command`` on ``site``'s ``down/cmd``; False while not connected."""
+        if self._client is None:
+            return False
+        try:
+            await self._client.publish(site_topic(site, Channel.DOWN_CMD), encode(command), qos=1)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    async def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish at QoS 1 (the rollouts' outbox); :class:`aiomqtt.MqttError` when not
+        connected, so nothing counts as sent that was not."""
+        if self._client is None:
+            raise aiomqtt.MqttError("not connected to the broker")
+        await self._client.publish(topic, payload, qos=1, retain=retain)
 
     async def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         if self._client is None:

@@ -340,3 +340,93 @@ def logs(
         pass
     except BrokenPipeError:  # `onecard-edge logs | head`
         sys.stderr.close()
+
+
+@main.command()
+@CONFIG_OPTION
+def selftest(config_path: Path) -> None:
+    """Check this installation can run: every module imports, the store opens read-only, the
+    configuration is valid. The updater runs it in a new release before switching to it."""
+    from edge_agent.updater import selftest as check
+
+    problems = check(_load(config_path))
+    for problem in problems:
+        click.echo(f"FAIL {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: onecard {_dist_version('onecard')} from {sys.prefix}")
+
+
+@main.group()
+def updater() -> None:
+    """Install releases: what onecard-edge-updater.service runs (docs/upgrade.md)."""
+
+
+RESTART_OPTION = click.option(
+    "--restart-command",
+    help="how to restart the daemon after switching (default: [upgrade] restart_command)",
+)
+
+
+def _updater(config_path: Path, restart_command: str | None) -> Any:
+    import shlex
+
+    from edge_agent.updater import Updater
+
+    config = _load(config_path)
+    restart = shlex.split(restart_command) if restart_command else config.upgrade.restart_command
+    return Updater(config, config_path, restart, echo=click.echo)
+
+
+def _report(result: Any) -> None:
+    if result.state == "succeeded":
+        click.echo(f"OK {result.detail}")
+        return
+    click.echo(
+        f"{result.state.upper()} ({result.reason}): {result.detail}; "
+        f"running {result.running_version}",
+        err=True,
+    )
+    for line in result.log:
+        click.echo(f"  | {line}", err=True)
+    sys.exit(1)
+
+
+@updater.command("run")
+@CONFIG_OPTION
+@RESTART_OPTION
+def updater_run(config_path: Path, restart_command: str | None) -> None:
+    """Carry out the daemon's pending upgrade request, if any (the path unit starts this)."""
+    result = _updater(config_path, restart_command).run_request()
+    if result is None:
+        click.echo("no upgrade request")
+        return
+    _report(result)
+
+
+@updater.command("install")
+@CONFIG_OPTION
+@RESTART_OPTION
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def updater_install(config_path: Path, restart_command: str | None, directory: Path) -> None:
+    """Install the signed release in DIRECTORY (e.g. from a USB stick) as a remote upgrade
+    would: verify, install, self-test, switch, restart, health gate, or roll back."""
+    _report(_updater(config_path, restart_command).install_dir(directory))
+
+
+@updater.command("adopt")
+@CONFIG_OPTION
+def updater_adopt(config_path: Path) -> None:
+    """Make an install from before releases (/opt/onecard/venv) the first release, so that
+    /opt/onecard/current exists and upgrades can roll back to it (docs/upgrade.md)."""
+    from edge_agent.updater import adopt_legacy_venv, current_version, legacy_version
+    from edge_agent.upgrade import Layout
+
+    layout = Layout.of(_load(config_path))
+    version = legacy_version(layout)
+    if current_version(layout) is None and version is None:
+        raise click.ClickException(f"no onecard in {layout.opt / 'venv'} to adopt")
+    if version is not None and adopt_legacy_venv(layout, version):
+        click.echo(f"{layout.current} -> releases/{version} (venv -> ../../venv)")
+    else:
+        click.echo(f"{layout.current} -> releases/{current_version(layout)} (already there)")

@@ -55,6 +55,43 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     file: Path | None = None
 
 
+class UpgradeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[upgrade]``: remote upgrades (docs/upgrade.md). No ``trusted_keys``: refused."""
+
+    #: Release public keys (64 hex digits each, from ``onecard-central release keygen``).
+    trusted_keys: list[str] = []
+    #: The install root holding ``opt/onecard/releases`` and ``current`` (tests: a temp dir).
+    root: Path = Path("/")
+    #: The new version must stay READY this long before the release is committed.
+    healthy_for_s: int = 30
+    #: …and must get there within this long after the restart, else it is rolled back.
+    health_timeout_s: int = 180
+    #: Restarts of the new version within the health gate that count as a crash loop.
+    max_restarts: int = 2
+    #: How long the switch waits for terminals to go idle before it goes ahead anyway.
+    idle_timeout_s: int = 30
+    #: What the updater runs to restart the daemon after switching ``current``.
+    restart_command: list[str] = msgspec.field(
+        default_factory=lambda: ["systemctl", "restart", "onecard-edge.service"]
+    )
+
+    def __post_init__(self) -> None:
+        for key in self.trusted_keys:
+            if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
+                raise ValueError(f"upgrade.trusted_keys: {key!r} is not 64 hex digits")
+        if not 1 <= self.healthy_for_s <= self.health_timeout_s <= 3600:
+            raise ValueError("upgrade: need 1 <= healthy_for_s <= health_timeout_s <= 3600")
+        if not self.restart_command:
+            raise ValueError("upgrade.restart_command must not be empty")
+
+
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[metrics]``: the Prometheus ``/metrics`` listener (docs/monitoring.md)."""
+
+    #: HOST:PORT, loopback by default; "" disables it.
+    listen: str = "127.0.0.1:9310"
+
+
 class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole file."""
 
@@ -63,6 +100,8 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     terminals: TerminalsConfig = msgspec.field(default_factory=TerminalsConfig)
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    upgrade: UpgradeConfig = msgspec.field(default_factory=UpgradeConfig)
 
     @property
     def database(self) -> Path:
@@ -76,9 +115,22 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         host, _, port = self.terminals.listen.rpartition(":")
         return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - terminals are on the LAN
 
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics.listen`` as (host, port), or None when the listener is disabled."""
+        if not self.metrics.listen:
+            return None
+        host, _, port = self.metrics.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    sections = {"terminals": TerminalsConfig, "mqtt": MqttConfig, "log": LogConfig}
+    sections = {
+        "terminals": TerminalsConfig,
+        "mqtt": MqttConfig,
+        "log": LogConfig,
+        "metrics": MetricsConfig,
+        "upgrade": UpgradeConfig,
+    }
     out: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
@@ -90,8 +142,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             out[key] = value
             continue
         field = key[len(section) + 1 :]
-        if field == "serial":
+        if field in ("serial", "trusted_keys"):
             parsed = [v for v in value.split(",") if v]
+        elif field == "restart_command":
+            parsed = value.split()
         elif field.endswith("_s"):
             parsed = int(value) if value.isdigit() else value
         out.setdefault(section, {})[field] = parsed
@@ -132,6 +186,10 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         config.listen_address()
     except ValueError:
         raise ConfigError(f"{path}: terminals.listen must be HOST:PORT") from None
+    try:
+        config.metrics_address()
+    except ValueError:
+        raise ConfigError(f'{path}: metrics.listen must be HOST:PORT or ""') from None
     if not 1 <= config.terminals.heartbeat_s <= 600:
         raise ConfigError(f"{path}: terminals.heartbeat_s must be 1..600")
     return config

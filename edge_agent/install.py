@@ -8,10 +8,12 @@ PC, any directory with ``--root``)::
                                                      mqtt.password (0600 root: systemd reads
                                                      it and hands the daemon a credential)
     var/lib/onecard/             0700 onecard        the site database (data_dir)
-    opt/onecard/venv/            a virtualenv holding onecard and its locked dependencies
-    etc/systemd/system/onecard-edge.service
+    opt/onecard/releases/VERSION/venv/   a virtualenv holding onecard and its locked
+                                         dependencies (one per release: upgrades add more)
+    opt/onecard/current          -> releases/VERSION, the release the service runs
+    etc/systemd/system/onecard-edge.service, onecard-edge-updater.{service,path}
     etc/udev/rules.d/99-onecard-serial.rules
-    usr/local/bin/onecard-edge   -> /opt/onecard/venv/bin/onecard-edge
+    usr/local/bin/onecard-edge   -> /opt/onecard/current/venv/bin/onecard-edge
 
 Everything that changes the *host* rather than files below the root — the ``onecard`` user,
 ``systemctl``, ``udevadm`` — goes through a :class:`System`. :class:`HostSystem` does it;
@@ -52,7 +54,16 @@ ETC = Path("etc/onecard")
 STATE = Path("var/lib/onecard")
 LOGS = Path("var/log/onecard")
 OPT = Path("opt/onecard")
-VENV = OPT / "venv"
+RELEASES = OPT / "releases"
+CURRENT = OPT / "current"
+#: The release the service runs, through ``current`` (remote upgrades switch it).
+VENV = CURRENT / "venv"
+#: Where installs from before releases kept their one venv (uninstall still removes it).
+LEGACY_VENV = OPT / "venv"
+#: The updater (docs/upgrade.md): the path unit starts the oneshot service when the daemon
+#: asks for an upgrade.
+UPDATER_UNITS = ("onecard-edge-updater.service", "onecard-edge-updater.path")
+UPDATER_TRIGGER = "onecard-edge-updater.path"
 BIN_LINK = Path("usr/local/bin/onecard-edge")
 UNIT_DIR = Path("etc/systemd/system")
 UDEV_DIR = Path("etc/udev/rules.d")
@@ -500,9 +511,27 @@ def runtime_requirements(lock_text: str, names: Iterable[str], *, hashes: bool =
     return "\n".join(out) + "\n"
 
 
-def build_venv(tree: Tree, source: VenvSource, python: str) -> None:
-    """Create ROOT/opt/onecard/venv (or reuse it) and install onecard into it."""
-    venv = tree.path(VENV)
+def release_version(source: VenvSource) -> str:
+    """The onecard version ``source`` installs (a venv's scripts name its path, so the
+    release directory must be right before the venv is made)."""
+    if source.wheel is not None:
+        match = re.match(r"onecard-([^-]+)-", source.wheel.name)
+        if match is None:
+            raise InstallError(f"{source.wheel.name} is not a onecard wheel")
+        return match[1]
+    assert source.project is not None  # noqa: S101 - venv_source gives a wheel or a project
+    return str(tomllib.loads((source.project / "pyproject.toml").read_text())["project"]["version"])
+
+
+def build_venv(tree: Tree, source: VenvSource, python: str) -> str:
+    """Create ROOT/opt/onecard/releases/VERSION/venv (or reuse it), install onecard into
+    it, and point ``current`` at it; returns VERSION."""
+    from edge_agent.updater import COMPLETE, switch_current  # noqa: PLC0415 - install only
+    from edge_agent.upgrade import Layout  # noqa: PLC0415
+
+    version = release_version(source)
+    release = tree.path(RELEASES / version)
+    venv = release / "venv"
     system = tree.system
     if not (venv / "bin/python").exists():
         system.build([python, "-m", "venv", str(venv)])
@@ -523,6 +552,11 @@ def build_venv(tree: Tree, source: VenvSource, python: str) -> None:
         else:
             system.build([*pip, "install", *index, "--force-reinstall", str(wheel)])
         system.build([*pip, "check"])
+    release.mkdir(parents=True, exist_ok=True)
+    (release / COMPLETE).write_text(version + "\n")
+    switch_current(Layout(root=tree.root, data_dir=tree.path(STATE)), version)
+    system.echo(f"{tree.path(CURRENT)} -> releases/{version}")
+    return version
 
 
 def _build_wheel(system: System, source: VenvSource, tmp: Path) -> Path:
@@ -592,23 +626,29 @@ def install(bundle: Bundle, tree: Tree, options: InstallOptions) -> None:
     tree.mkdir(UNIT_DIR, 0o755, "root")
     tree.mkdir(UDEV_DIR, 0o755, "root")
     tree.write(UNIT_DIR / UNIT, (units / UNIT).read_bytes(), 0o644, "root")
+    for unit in UPDATER_UNITS:
+        tree.write(UNIT_DIR / unit, (units / unit).read_bytes(), 0o644, "root")
     tree.write(UDEV_DIR / UDEV_RULE, (units / UDEV_RULE).read_bytes(), 0o644, "root")
 
     if not system.live:
         if options.enable:
-            _enable_link(tree)
+            for unit in (UNIT, *UPDATER_UNITS):
+                _enable_link(tree, unit)
         else:
-            system.run(["systemctl", "enable", UNIT])
+            system.run(["systemctl", "enable", UNIT, *UPDATER_UNITS])
         system.run(["systemctl", "start", UNIT])
         return
     if not system.systemd_running():
-        system.run(["systemctl", "enable", UNIT])  # works offline: it only makes a link
+        # works offline: it only makes the links
+        system.run(["systemctl", "enable", UNIT, *UPDATER_UNITS])
         system.echo("systemd is not running here: the service starts at the next boot")
         return
     system.run(["systemctl", "daemon-reload"])
     if system.run(["udevadm", "control", "--reload"], check=False):
         system.run(["udevadm", "trigger", "--subsystem-match=tty", "--action=change"], check=False)
-    system.run(["systemctl", "enable", UNIT])
+    # the updater runs at boot (to finish an interrupted upgrade) and when the daemon asks
+    system.run(["systemctl", "enable", UNIT, UPDATER_UNITS[0]])
+    system.run(["systemctl", "enable", "--now", UPDATER_TRIGGER])
     if options.start:
         _restart(system)
 
@@ -633,7 +673,9 @@ def _link_command(tree: Tree) -> None:
     link, target = tree.path(BIN_LINK), Path(f"/{VENV}/bin/onecard-edge")
     if link.is_symlink() and link.readlink() == target:
         return
-    if link.exists() or link.is_symlink():
+    if link.is_symlink() and link.readlink() == Path(f"/{LEGACY_VENV}/bin/onecard-edge"):
+        link.unlink()  # ours, from before releases
+    elif link.exists() or link.is_symlink():
         tree.system.echo(f"{link}: left alone (not ours); use {target}")
         return
     link.parent.mkdir(parents=True, exist_ok=True)
@@ -641,13 +683,13 @@ def _link_command(tree: Tree) -> None:
     tree.system.echo(f"{link} -> {target}")
 
 
-def _enable_link(tree: Tree) -> None:
+def _enable_link(tree: Tree, unit: str) -> None:
     wants = tree.path(UNIT_DIR / f"{WANTED_BY}.wants")
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / UNIT
+    link = wants / unit
     if not link.is_symlink():
-        link.symlink_to(f"/{UNIT_DIR / UNIT}")
-    tree.system.echo(f"{link} -> /{UNIT_DIR / UNIT}")
+        link.symlink_to(f"/{UNIT_DIR / unit}")
+    tree.system.echo(f"{link} -> /{UNIT_DIR / unit}")
 
 
 def _restart(system: System) -> None:
@@ -706,17 +748,21 @@ def uninstall(tree: Tree, *, purge: bool, force: bool = False) -> None:
             )
     running = system.systemd_running()
     # Without a running systemd (a chroot, or --root), disable only removes the link.
-    system.run(["systemctl", "disable", *(["--now"] if running else []), UNIT], check=False)
-    tree.remove(UNIT_DIR / f"{WANTED_BY}.wants" / UNIT)
-    tree.remove(UNIT_DIR / UNIT)
+    now = ["--now"] if running else []
+    system.run(["systemctl", "disable", *now, UPDATER_TRIGGER, UPDATER_UNITS[0], UNIT], check=False)
+    for unit in (UNIT, *UPDATER_UNITS):
+        tree.remove(UNIT_DIR / f"{WANTED_BY}.wants" / unit)
+        tree.remove(UNIT_DIR / unit)
     tree.remove(UDEV_DIR / UDEV_RULE)
     link = tree.path(BIN_LINK)
-    if link.is_symlink() and link.readlink() == Path(f"/{VENV}/bin/onecard-edge"):
+    ours = {Path(f"/{VENV}/bin/onecard-edge"), Path(f"/{LEGACY_VENV}/bin/onecard-edge")}
+    if link.is_symlink() and link.readlink() in ours:
         tree.remove(BIN_LINK)
     if running:
         system.run(["systemctl", "daemon-reload"], check=False)
         system.run(["udevadm", "control", "--reload"], check=False)
-    tree.remove(VENV)
+    for rel in (CURRENT, RELEASES, LEGACY_VENV):
+        tree.remove(rel)
     with contextlib.suppress(OSError):
         tree.path(OPT).rmdir()  # only if empty: someone may keep other things there
     if purge:

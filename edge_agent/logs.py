@@ -348,7 +348,10 @@ def configure_logging(
     ]
     if site is not None:
         processors.append(_add_site(site))
-    processors += [redact, _to_record]
+    from edge_agent.logtail import TAP  # noqa: PLC0415 - logtail builds on this module
+
+    # The tap (remote tail's ring buffer) sees events only once they are redacted.
+    processors += [redact, TAP, _to_record]
     global _output  # noqa: PLW0603 - one output per process, replaced on reconfiguration
     if _output is not None:
         _output.close()
@@ -367,6 +370,7 @@ def configure_logging(
         logger_factory=lambda *_: output,
         cache_logger_on_first_use=False,
     )
+    TAP.configure(logging.getLevelNamesMapping()[level.upper()])
 
 
 def _add_site(site: str) -> Any:
@@ -381,7 +385,7 @@ def _add_site(site: str) -> Any:
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _LEVEL_ALIASES = {"warn": "warning", "err": "error", "exception": "error", "fatal": "critical"}
-_RELATIVE = re.compile(r"^(\d+)\s*(s|sec|secs|m|min|mins|h|hour|hours|d|day|days)$")
+_RELATIVE = re.compile(r"^(\d{1,9})\s*(s|sec|secs|m|min|mins|h|hour|hours|d|day|days)$", re.ASCII)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -404,7 +408,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     spec = text.strip().lower()
     match = _RELATIVE.match(spec)
     if match:
-        return now - timedelta(seconds=int(match[1]) * _UNIT_S[match[2][0]])
+        try:
+            return now - timedelta(seconds=int(match[1]) * _UNIT_S[match[2][0]])
+        except (OverflowError, ValueError):
+            raise LogQueryError(f"--since {text!r}: that is further back than any log") from None
     if spec in {"today", "yesterday"}:
         midnight = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
         return (midnight - timedelta(days=spec == "yesterday")).astimezone(UTC)

@@ -32,7 +32,10 @@ from edge_agent.adapters.terminal_server import (
 from edge_agent.adapters.transport import open_stream, parse_endpoint
 from edge_agent.adapters.waiting import wait_event
 from edge_agent.config import EdgeConfig
+from edge_agent.logtail import LogTail
+from edge_agent.metrics import EdgeMetrics, MeteredSite, report_health, start_metrics_server
 from edge_agent.site import Site
+from edge_agent.upgrade import UpgradeManager
 
 log = structlog.get_logger("edge")
 
@@ -53,6 +56,12 @@ class EdgeService:
     tcp_port: int | None = None
     site: Site | None = None
     sync: EdgeSync | None = None
+    logtail: LogTail | None = None
+    upgrades: UpgradeManager | None = None
+    metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
+    #: The /metrics listener's port (None: disabled or could not bind).
+    metrics_port: int | None = None
+    _handler: MeteredSite | None = None
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
 
@@ -65,10 +74,30 @@ class EdgeService:
             self.site = site
             server = None
             sync = self._make_sync(store, site)
+            # Also without a broker: the updater asks it whether terminals are idle.
+            self.upgrades = UpgradeManager(
+                config,
+                self.version,
+                sync.reply if sync is not None else _not_linked,
+                terminals_busy=self._terminals_busy,
+            )
+            if sync is not None:
+                sync.upgrades = self.upgrades
+            self._handler = MeteredSite(site, self.metrics)
+            self.metrics.bind(site, self.registry, sync, version=self.version)
+            metrics_server = await self._start_metrics()
             async with asyncio.TaskGroup() as group:
                 if sync is not None:
                     site.on_record = sync.poke
                     group.create_task(sync.run(), name="sync")
+                    group.create_task(
+                        report_health(sync, self.registry, config.data_dir, self.stopping),
+                        name="health",
+                    )
+                if self.logtail is not None:
+                    group.create_task(self.logtail.run(), name="logtail")
+                if self.upgrades is not None:
+                    group.create_task(self.upgrades.run(), name="upgrades")
                 address = config.listen_address()
                 if address is not None:
                     server = await start_tcp_server(self._on_tcp, *address)
@@ -94,7 +123,13 @@ class EdgeService:
                 log.info("edge.stopping")
                 if server is not None:
                     server.close()
+                if metrics_server is not None:
+                    metrics_server.close()
                 await self._drain()
+                if self.logtail is not None:
+                    await self.logtail.close()  # says "shutdown" to viewers while linked
+                if self.upgrades is not None:
+                    self.upgrades.stop()
                 if sync is not None:
                     sync.stop()
         log.info("edge.stopped")
@@ -102,6 +137,18 @@ class EdgeService:
     def stop(self) -> None:
         """Ask the daemon to stop (idempotent, callable from a signal handler)."""
         self.stopping.set()
+
+    async def _start_metrics(self) -> asyncio.Server | None:
+        address = self.config.metrics_address()
+        if address is None:
+            return None
+        try:
+            server = await start_metrics_server(self.metrics, *address)
+        except OSError as exc:  # metrics are not worth refusing to serve terminals
+            log.warning("metrics.unavailable", listen=self.config.metrics.listen, error=str(exc))
+            return None
+        self.metrics_port = int(server.sockets[0].getsockname()[1])
+        return server
 
     def _make_sync(self, store: EdgeStore, site: Site) -> EdgeSync | None:
         mqtt = self.config.mqtt
@@ -124,7 +171,11 @@ class EdgeService:
             version=self.version,
             offline_after_s=mqtt.offline_after_s,
         )
+        self.logtail = self.sync.logtail = LogTail(self.config.site, self.sync.publish_logs)
         return self.sync
+
+    def _terminals_busy(self) -> bool:
+        return any(session.busy for session in self._session_objs.values())
 
     def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -136,7 +187,8 @@ class EdgeService:
         if self.site is None or self.stopping.is_set():
             writer.close()
             return None
-        session = TerminalSession(reader, writer, self.site, peer, self.registry)
+        handler = self._handler or self.site
+        session = TerminalSession(reader, writer, handler, peer, self.registry)
         task = asyncio.get_running_loop().create_task(session.run(), name=f"session:{peer}")
         self._sessions.add(task)
         self._session_objs[task] = session
@@ -193,11 +245,18 @@ class EdgeService:
                 log.warning("status.failed", error=str(exc))
             else:
                 status["pid"] = os.getpid()
+                # The upgrade health gate (edge_agent.updater): READY, and the broker linked.
+                status["ready"] = self.ready.is_set()
+                status["broker"] = None if self.sync is None else self.sync.connected
                 status["tcp_port"] = self.tcp_port
                 status["written_at"] = time.time()
                 await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(status))
             if not await self._pause(STATUS_INTERVAL_S):
                 return
+
+
+async def _not_linked(cmd_id: str, status: str, detail: str, data: dict[str, Any]) -> bool:  # noqa: ARG001
+    return False  # no broker: an upgrade's result stays in result.json
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

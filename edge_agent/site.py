@@ -610,6 +610,16 @@ class Site:
             ),
         )
 
+    async def record_remote_open(self, terminal_id: str, door: str | None, detail: str) -> None:
+        """Put HQ's remote open (or its failure, in ``detail``) in the door's record."""
+        terminal = self.terminals[terminal_id]
+        now = self.clock()
+        at_ms = int(now.timestamp() * 1000)
+        make = partial(rec.TerminalEvent, event="remote_open", door=door, detail=detail)
+        await self.store.run(
+            lambda conn: self._append(conn, terminal, at_ms, now, make, lane=1), quick=True
+        )
+
     async def status(self, registry: TerminalRegistry, *, version: str) -> dict[str, Any]:
         """A snapshot for ``onecard-edge status`` and the birth message."""
 

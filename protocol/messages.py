@@ -134,6 +134,7 @@ class TerminalEvent(Record, tag="terminal.event", kw_only=True, frozen=True):
         "auth_failed",
         "online",
         "offline",
+        "remote_open",
     ]
     door: Name | None = None
     detail: Text = ""
@@ -416,6 +417,10 @@ class Health(Message, kw_only=True, frozen=True):
     terminals: list[TerminalHealth] = []
     outbox_depth: Count = 0
     disk_free_bytes: Annotated[int, Meta(ge=0)] | None = None
+    #: What the edge has applied (the birth message says it only at connect, before the
+    #: snapshot and the deltas that follow): HQ's lag figures come from here.
+    feed_version: Version | None = None
+    blacklist_version: Version | None = None
 
     def __post_init__(self) -> None:
         _require_utc(at=self.at)
@@ -435,7 +440,15 @@ class LogLine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class LogBatch(Message, kw_only=True, frozen=True):
-    """``site/{site}/up/logs``: lines of a tail that central asked for."""
+    """``site/{site}/up/logs``: lines of a tail that central asked for.
+
+    ``stream`` is the tail's session id (from ``logs.tail``); ``batch`` counts up from 0
+    per stream, so a viewer can tell a lost batch. ``dropped`` lines were suppressed by
+    the rate limit since the previous batch (the batch also carries a marker line saying
+    so). ``caught_up`` marks the batch that ends the replay of ``since_s``: later lines are
+    live. The last batch of a stream has ``final`` and says why in ``reason`` (``ttl``,
+    ``stopped``, ``shutdown``).
+    """
 
     site: SiteId
     stream: Name
@@ -443,6 +456,12 @@ class LogBatch(Message, kw_only=True, frozen=True):
     lines: Annotated[list[LogLine], Meta(max_length=1000)]
     dropped: Count = 0
     final: bool = False
+    reason: ReasonCode | None = None
+    caught_up: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reason is not None and not self.final:
+            raise ValueError("only the `final` batch of a stream carries a `reason`")
 
 
 class Reply(Message, kw_only=True, frozen=True):
@@ -588,12 +607,18 @@ class Resync(Command, tag="resync", kw_only=True, frozen=True):
 
 
 class LogsTail(Command, tag="logs.tail", kw_only=True, frozen=True):
-    """Stream log lines at ``level`` or above on ``up/logs`` for ``duration_s``, then stop."""
+    """Stream log lines at ``level`` or above (containing ``match``, if given) on
+    ``up/logs`` for ``duration_s``, then stop. The same ``stream`` again renews a running
+    tail (new deadline, level and match; no replay). ``since_s`` first replays the lines of
+    that many seconds back that the edge still holds; at most ``max_lines_per_s`` lines a
+    second are sent, the rest are counted as dropped."""
 
     stream: Name
     level: LogLevel = "info"
-    duration_s: Annotated[int, Meta(ge=1, le=3600)] = 300
+    duration_s: Annotated[int, Meta(ge=1, le=3600)] = 900
     match: Annotated[str, Meta(max_length=200)] | None = None
+    since_s: Annotated[int, Meta(ge=0, le=86400)] = 0
+    max_lines_per_s: Annotated[int, Meta(ge=1, le=1000)] = 50
 
 
 class LogsStop(Command, tag="logs.stop", kw_only=True, frozen=True):

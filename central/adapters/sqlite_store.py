@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from central.adapters.sqlite_alert_schema import ALERT_MIGRATIONS
 from central.adapters.sqlite_attendance_schema import ATTENDANCE_MIGRATIONS
 from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
+from central.adapters.sqlite_rollout_schema import ROLLOUT_MIGRATIONS
 from central.adapters.sqlite_schema import MIGRATIONS
 from central.adapters.sqlite_web_schema import WEB_MIGRATIONS
 from central.ingest import HolderCache
@@ -40,7 +42,15 @@ class CentralStore(GroupCommitDB):
 
     def migrate(self, conn: sqlite3.Connection) -> None:
         """Central's numbered migrations."""
-        migrate(conn, MIGRATIONS + OPS_MIGRATIONS + WEB_MIGRATIONS + ATTENDANCE_MIGRATIONS)
+        migrate(
+            conn,
+            MIGRATIONS
+            + OPS_MIGRATIONS
+            + WEB_MIGRATIONS
+            + ATTENDANCE_MIGRATIONS
+            + ALERT_MIGRATIONS
+            + ROLLOUT_MIGRATIONS,
+        )
 
     def _commit_batch(self, batch: list[Any]) -> list[tuple[bool, Any]]:
         try:

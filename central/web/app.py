@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from central.adapters.sqlite_store import CentralStore
 from central.api import (
+    FINANCE,
     HANDLE_ANOMALIES,
     OPERATE,
     READ_AUDIT,
@@ -29,7 +31,24 @@ from central.api import (
     api_server,
     create_app,
 )
-from central.web import anomalies, audit, auth, blacklist, clearing, overview, people
+from central.logtail import TailHub
+from central.web import alerts as alert_pages
+from central.web import (
+    anomalies,
+    audit,
+    auth,
+    blacklist,
+    clearing,
+    doors,
+    overview,
+    people,
+    people_ops,
+    reconciliation,
+    sites,
+)
+from central.web import logs as log_tail
+from central.web.doors import DOOR_ROLES, with_doors_api
+from central.web.live import Live
 from central.web.page import (
     EVERYONE,
     STATIC,
@@ -44,13 +63,23 @@ from central.web.page import (
 )
 from central.web.sessions import SessionCodec
 
+if TYPE_CHECKING:
+    from central.service import CentralService
+
 #: Every page, in navigation order. A new page is one line here.
 PAGES: list[Page] = [
     Page("/", overview.show, EVERYONE, nav="nav.overview"),
+    Page("/live/overview", overview.stream, EVERYONE),
+    Page("/sites/{site}", sites.show, EVERYONE),
+    Page("/sites/{site}/doors/{door}/open", doors.open_now, DOOR_ROLES, methods=("POST",)),
+    Page("/live/sites/{site}", sites.stream, EVERYONE),
     Page("/people", people.search, READ_PEOPLE, nav="nav.people"),
     Page("/people/{person_id}", people.show, READ_PEOPLE),
     Page("/people/{person_id}/recharge", people.recharge, OPERATE, methods=("POST",)),
     Page("/people/{person_id}/report-lost", people.report_lost, OPERATE, methods=("POST",)),
+    Page("/people/{person_id}/card-op", people.card_op, OPERATE, methods=("POST",)),
+    Page("/people/{person_id}/refund", people.refund, OPERATE, methods=("POST",)),
+    Page("/people/{person_id}/op/{op}", people_ops.run, OPERATE, methods=("POST",)),
     Page("/blacklist", blacklist.show, READ_PEOPLE, nav="nav.blacklist"),
     Page("/anomalies", anomalies.show, READ_PEOPLE, nav="nav.anomalies"),
     Page(
@@ -60,8 +89,23 @@ PAGES: list[Page] = [
         methods=("POST",),
     ),
     Page("/anomalies/{anomaly_id}/resolve", anomalies.resolve, HANDLE_ANOMALIES, methods=("POST",)),
+    Page("/alerts", alert_pages.show, EVERYONE, nav="nav.alerts"),
+    Page(
+        "/alerts/{alert_id}/acknowledge",
+        alert_pages.acknowledge,
+        alert_pages.ACK_ALERTS,
+        methods=("POST",),
+    ),
     Page("/clearing", clearing.show, READ_FINANCE, nav="nav.clearing"),
     Page("/clearing.csv", clearing.csv, READ_FINANCE),
+    Page("/reconciliation", reconciliation.show, READ_FINANCE, nav="nav.reconciliation"),
+    Page(
+        "/reconciliation",
+        reconciliation.upload,
+        FINANCE,
+        methods=("POST",),
+        upload_bytes=reconciliation.MAX_STATEMENT_BYTES,
+    ),
     Page("/audit", audit.show, READ_AUDIT, nav="nav.audit"),
     Page("/login", auth.login_form, None),
     Page("/login", auth.login, None, methods=("POST",)),
@@ -76,6 +120,7 @@ def create_web_app(
     config: WebConfig | None = None,
     state: WebState | None = None,
     pages: list[Page] | None = None,
+    service: CentralService | None = None,
 ) -> Starlette:
     """The dashboard's pages over ``store``; cookies signed with ``secret_key`` (≥ 16
     bytes: ``central.users.web_key(conn)``). Counters in ``app.state.web.stats``."""
@@ -93,6 +138,7 @@ def create_web_app(
         state=state or WebState(),
         nav=[(p.path, p.nav, p.roles or EVERYONE) for p in chosen if p.nav],
         kdf=asyncio.Semaphore(config.concurrent_kdf),
+        service=service,
     )
     routes: list[BaseRoute] = [
         Route(p.path, endpoint(web, p), methods=list(p.methods)) for p in chosen
@@ -107,19 +153,30 @@ def create_web_app(
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.web = web.state
+    app.state.live = Live()
     return app
 
 
 @dataclass
 class Dashboard:
-    """One ASGI app: ``/api/…`` to the JSON API, the rest to the pages."""
+    """One ASGI app: ``/api/…`` to the JSON API, ``/metrics`` to Prometheus (if given), the
+    rest to the pages."""
 
     web: ASGIApp
     api: ASGIApp
+    metrics: ASGIApp | None = None
+    #: ``/releases/…``: release files for edges (``central.artifacts.artifact_app``).
+    artifacts: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch by path."""
         path = scope.get("path", "")
+        if self.artifacts is not None and scope["type"] == "http" and path.startswith("/releases/"):
+            await self.artifacts(scope, receive, send)
+            return
+        if self.metrics is not None and scope["type"] == "http" and path == "/metrics":
+            await self.metrics(scope, receive, send)
+            return
         to_api = scope["type"] != "lifespan" and (path == "/api" or path.startswith("/api/"))
         await (self.api if to_api else self.web)(scope, receive, send)
 
@@ -131,9 +188,25 @@ def dashboard_server(
     *,
     secret_key: bytes,
     config: WebConfig | None = None,
+    metrics: ASGIApp | None = None,
+    logtail: TailHub | None = None,
+    artifacts: ASGIApp | None = None,
+    service: CentralService | None = None,
 ) -> ApiServer:
-    """A server for the dashboard and the API on ``host:port`` (``await server.serve()``)."""
-    app = Dashboard(
-        web=create_web_app(store, secret_key=secret_key, config=config), api=create_app(store)
+    """A server for the dashboard and the API on ``host:port`` (``await server.serve()``);
+    ``metrics``: the app answering ``/metrics`` (``central.metrics.metrics_endpoint``);
+    ``logtail``: the remote log tails (without it, their pages answer 503); ``service``:
+    central's service, for commands to sites (without it, a remote door open says so)."""
+    pages = create_web_app(
+        store,
+        secret_key=secret_key,
+        config=config,
+        pages=PAGES + log_tail.pages(logtail),
+        service=service,
     )
-    return api_server(store, host, port, app=app)
+    api = with_doors_api(log_tail.with_logs_api(create_app(store), store, logtail), store, service)
+    app = Dashboard(web=pages, api=api, metrics=metrics, artifacts=artifacts)
+    server = api_server(store, host, port, app=app)
+    # uvicorn waits for open responses before it exits: live streams end when it stops.
+    pages.state.live.stopping = lambda: server.should_exit
+    return server

@@ -35,6 +35,8 @@ class Clearing:
     series: list[tuple[str | None, list[tuple[date, int]]]]
     settlement: Settlement
     first: date
+    #: Every report of the window (what the chart and the settlement are made of).
+    window: list[DayReport]
 
 
 def bar_chart(
@@ -75,9 +77,14 @@ def bar_chart(
             f' height="{h:.1f}" class="chart-bar"><title>{escape(label)}: '
             f"{escape(value(amount))}</title></rect>"
         )
-        if i % every == 0 or i == len(bars) - 1:
+        last = i == len(bars) - 1
+        # Every ``every``-th label, but none crowding the last one.
+        if i == 0 or last or (i % every == 0 and len(bars) - 1 - i >= every / 2):
+            # The first label starts at the left edge, the last ends at the right one.
+            anchor = "start" if i == 0 else "end" if last else "middle"
+            at = 0 if i == 0 else width if last else x + step / 2
             parts.append(
-                f'<text x="{x + step / 2:.1f}" y="{height - 5}" text-anchor="middle"'
+                f'<text x="{at:.1f}" y="{height - 5}" text-anchor="{anchor}"'
                 f' class="chart-label">{escape(label)}</text>'
             )
     parts.append("</svg>")
@@ -95,19 +102,35 @@ def _day_of(ctx: PageContext) -> date | None:
         return None
 
 
-def clearing(conn: sqlite3.Connection, day: date) -> Clearing:
-    """The day's reports, 30 days of them for the chart, and their settlement."""
+def clearing(conn: sqlite3.Connection, day: date, today: date | None = None) -> Clearing:
+    """The day's reports, 30 days of them for the chart, and their settlement.
+
+    The shown day, and every day from yesterday on (``today`` at HQ), is cleared now. Older
+    days are read as stored (central's housekeeping re-clears stored days whose entries
+    changed, every minute), and cleared (and so stored) only if never cleared before: a
+    view costs a few lookups, not 30 days x sites of ledger scans. Days after tomorrow
+    have happened nowhere yet and are not cleared (their bars are empty)."""
+    today = today or day
     first = day - timedelta(days=WINDOW - 1)
+    sites = finance.clearing_sites(conn)
     every: list[DayReport] = []
     for offset in range(WINDOW):
-        every.extend(finance.clear_all(conn, first + timedelta(days=offset)))
+        d = first + timedelta(days=offset)
+        if d > today + timedelta(days=1) and d != day:
+            continue
+        fresh = d == day or d >= today - timedelta(days=1)
+        for site in sites:
+            stored = None if fresh else finance.stored_report(conn, site, d)
+            every.append(stored or finance.clear(conn, site, d))
     shown = [r for r in every if r.business_day == day]
-    series: dict[str | None, list[tuple[date, int]]] = {}
+    by_site: dict[str | None, dict[date, int]] = {site: {} for site in sites}
     for r in every:
-        series.setdefault(r.site, []).append((r.business_day, r.totals.consumption_fen))
-    ordered = sorted(series.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
+        by_site.setdefault(r.site, {})[r.business_day] = r.totals.consumption_fen
+    days = [first + timedelta(days=offset) for offset in range(WINDOW)]
+    series = [(site, [(d, points.get(d, 0)) for d in days]) for site, points in by_site.items()]
+    series.sort(key=lambda kv: (kv[0] is None, kv[0] or ""))
     # The same reports finance.settlement(conn, first, day) would clear, settled once.
-    return Clearing(day, shown, ordered, settle(every), first)
+    return Clearing(day, shown, series, settle(every), first, every)
 
 
 async def show(ctx: PageContext) -> Response:
@@ -115,7 +138,8 @@ async def show(ctx: PageContext) -> Response:
     day = _day_of(ctx)
     if day is None:
         return ctx.error(400, ctx.t("error.400.title"), ctx.t("clearing.bad_day"))
-    data = await ctx.web.store.run(lambda conn: clearing(conn, day))
+    today = datetime.fromtimestamp(ctx.now, ctx.zone).date()
+    data = await ctx.web.store.run(lambda conn: clearing(conn, day, today))
     charts = [
         bar_chart(
             ctx.t("clearing.chart_title", site=site or "HQ"),

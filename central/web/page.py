@@ -110,6 +110,9 @@ class Web:
     state: WebState
     nav: list[tuple[str, str, frozenset[str]]]
     kdf: asyncio.Semaphore
+    #: Central's running service, for commands to sites (a remote door open); None when
+    #: the dashboard runs without it (then such pages say so).
+    service: Any = None
 
 
 Handler = Callable[["PageContext"], Awaitable[Response]]
@@ -125,6 +128,8 @@ class Page:
     methods: tuple[str, ...] = ("GET",)
     #: The message key of its navigation label (None: not in the navigation).
     nav: str | None = None
+    #: Its forms may carry one file of at most this many bytes (0: no files).
+    upload_bytes: int = 0
 
 
 @dataclass
@@ -257,6 +262,9 @@ def endpoint(web: Web, page: Page) -> Callable[[Request], Awaitable[Response]]:
         except HTTPException as exc:  # a body that is not a form we read
             web.state.count(f"page_error_{exc.status_code}")
             response = ctx.error(exc.status_code, ctx.t("error.400.title"), ctx.t("error.400.text"))
+        finally:
+            if ctx.form is not None:
+                await ctx.form.close()  # an uploaded file's spool, refused or not
         return finish_response(web, ctx, response)
 
     return serve
@@ -265,7 +273,7 @@ def endpoint(web: Web, page: Page) -> Callable[[Request], Awaitable[Response]]:
 async def _guarded(web: Web, page: Page, ctx: PageContext) -> Response:
     request = ctx.request
     if request.method not in SAFE_METHODS:
-        ctx.form = await _read_form(request)
+        ctx.form = await _read_form(request, page.upload_bytes)
         token = ctx.form_value("csrf", 100) or request.headers.get("x-csrf-token")
         subject = ctx.session.subject if ctx.session and ctx.user else ANONYMOUS
         if ctx.new_csrf_nonce or not web.codec.csrf_ok(ctx.csrf_nonce, subject, token):
@@ -366,12 +374,23 @@ def finish_response(web: Web, ctx: PageContext, response: Response) -> Response:
     return response
 
 
-async def _read_form(request: Request) -> FormData:
+async def _read_form(request: Request, upload_bytes: int = 0) -> FormData:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in {"application/x-www-form-urlencoded", "multipart/form-data"}:
         return FormData()
+    files = 0
+    if upload_bytes and kind == "multipart/form-data":
+        # A file part is spooled whatever its size: refuse a body too big before reading it.
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            raise HTTPException(411, "an upload needs its Content-Length")
+        if int(length) > upload_bytes + MAX_FIELD_BYTES:
+            raise HTTPException(413, "the file is too large")
+        files = 1
     try:
-        return await request.form(max_files=0, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        return await request.form(
+            max_files=files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+        )
     except HTTPException:
         raise
     except Exception as exc:  # python-multipart's errors: the body is not a form we accept

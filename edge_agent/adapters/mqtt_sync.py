@@ -37,27 +37,36 @@ from edge_agent.adapters.sqlite_master import clear_master, delete_from_feed, up
 from edge_agent.adapters.sqlite_store import EdgeStore, get_meta, set_meta
 from edge_agent.adapters.terminal_server import TerminalRegistry
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
+from edge_agent.logtail import LogTail
 from edge_agent.site import Site
-from protocol.errors import MessageError, TopicError
+from edge_agent.upgrade import UpgradeManager
+from protocol.errors import MessageError, ProtocolError, TopicError
 from protocol.messages import (
     LANES,
     Ack,
     BlacklistDelta,
     CentralState,
+    DoorOpen,
     Feed,
     FeedChange,
     Lane,
+    LogsStop,
+    LogsTail,
     RawRecordBatch,
     Reply,
     ResendFrom,
     Resync,
+    SetLogLevel,
     SiteBirth,
     SiteDeath,
     TerminalStatus,
+    Upgrade,
     decode,
     decode_command,
     encode,
 )
+from protocol.terminal import Ack as TerminalAck
+from protocol.terminal import DoorOpen as TerminalDoorOpen
 from protocol.topics import Channel, global_topic, parse_topic, site_topic
 
 log = structlog.get_logger("edge.sync")
@@ -90,6 +99,10 @@ class EdgeSync:
     central_online: bool = False
     stats: dict[str, int] = field(default_factory=dict)
     _client: aiomqtt.Client | None = None
+    #: Remote log tail (``logs.tail``, ``logs.stop``, ``log_level``); None: refused.
+    logtail: LogTail | None = None
+    #: Runs ``upgrade`` commands (:mod:`edge_agent.upgrade`); None: refused.
+    upgrades: UpgradeManager | None = None
     _lanes: dict[int, _LaneState] = field(default_factory=dict)
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _snapshot_parts: dict[int, dict[int, list[FeedChange]]] = field(default_factory=dict)
@@ -263,7 +276,8 @@ class EdgeSync:
             if payload:
                 self.central_online = decode(payload, CentralState).online
                 self._update_offline()
-        elif channel is Channel.DOWN_CMD:
+        elif channel is Channel.DOWN_CMD and payload:
+            # (empty: central cleared a retained desired version, see upgrades)
             await self._on_command(payload)
 
     async def _on_ack(self, ack: Ack) -> None:
@@ -366,7 +380,10 @@ class EdgeSync:
             await self.site.dead_letter("mqtt:down/cmd", str(exc), payload)
             return
         status, detail = "done", ""
-        if isinstance(command, ResendFrom):
+        if command.expires_at is not None and datetime.now(UTC) > command.expires_at:
+            # e.g. a remote door open queued while the site was cut off: never run it late
+            status, detail = "rejected", f"expired at {command.expires_at.isoformat()}"
+        elif isinstance(command, ResendFrom):
             state = self._lanes.get(command.lane)
             if command.epoch == self.store.epoch and state is not None:
                 state.sent_upto = min(state.sent_upto, command.from_seq - 1)
@@ -378,9 +395,83 @@ class EdgeSync:
         elif isinstance(command, Resync):
             await self.store.run(lambda c: _forget_versions(c, command.what))
             await self.announce()
+        elif isinstance(command, LogsTail | LogsStop | SetLogLevel) and self.logtail is not None:
+            status, detail = self.logtail.command(command)
+        elif isinstance(command, DoorOpen):
+            status, detail = await self._open_door(command)
+        elif isinstance(command, Upgrade) and self.upgrades is not None:
+            status, detail, data = self.upgrades.submit(command)
+            await self._reply(command.id, status, detail, **data)
+            return
         else:
             status, detail = "rejected", f"{type(command).__name__} is not supported yet"
         await self._reply(command.id, status, detail)
+
+    async def _open_door(self, command: DoorOpen) -> tuple[str, str]:
+        """HQ's remote open: DOOR_OPEN to the door's terminal, and a ``remote_open`` event
+        in the site's records saying who asked and what happened."""
+        terminal = self.site.terminals.get(command.terminal)
+        if terminal is None or terminal.kind != "door":
+            return "rejected", f"{command.terminal} is not a door terminal at {self.site.site}"
+        session = self.registry.sessions.get(command.terminal)
+        if session is None:
+            status, detail = "failed", f"{command.terminal} is not connected"
+        else:
+            try:
+                answer = await session.request(
+                    TerminalDoorOpen(door=command.door, open_ms=command.open_ms)
+                )
+            except (TimeoutError, ProtocolError, MessageError, ConnectionError, OSError):
+                status, detail = "failed", f"{command.terminal} did not answer"
+            else:
+                if isinstance(answer, TerminalAck) and answer.ok:
+                    status, detail = "done", ""
+                else:
+                    code = getattr(answer, "code", None) or "refused"
+                    status, detail = "failed", f"{command.terminal} refused: {code}"
+        log.info(
+            "door.remote_open",
+            terminal=command.terminal,
+            door=command.door,
+            operator=command.operator,
+            status=status,
+            detail=detail,
+        )
+        await self.site.record_remote_open(
+            command.terminal, command.door, f"{command.operator}: {status} {detail}".strip()
+        )
+        return status, detail
+
+    async def reply(self, cmd_id: str, status: str, detail: str, data: dict[str, Any]) -> bool:
+        """Publish a command's later result on ``up/reply`` (upgrades); False while not
+        connected."""
+        client = self._client
+        if client is None:
+            return False
+        reply = Reply(
+            site=self.site.site,
+            cmd_id=cmd_id,
+            at=datetime.now(UTC),
+            status=status,  # type: ignore[arg-type]
+            detail=detail,
+            data=data,
+        )
+        try:
+            await client.publish(site_topic(self.site.site, Channel.UP_REPLY), encode(reply), 1)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    async def publish_logs(self, payload: bytes, qos: int) -> bool:
+        """Publish a log batch on ``up/logs``; False while not connected."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(site_topic(self.site.site, Channel.UP_LOGS), payload, qos)
+        except aiomqtt.MqttError:
+            return False
+        return True
 
     async def _reply(self, cmd_id: str, status: str, detail: str, **data: Any) -> None:
         if self._client is None:

@@ -91,3 +91,26 @@ async def test_a_card_reported_lost_at_central_is_refused_at_both_sites(system: 
         await until(refused_everywhere, within=5)
         elapsed = asyncio.get_running_loop().time() - started
     assert elapsed < 2.0, f"took {elapsed:.2f}s to reach both sites"
+
+
+async def test_hq_sees_what_each_site_has_applied_without_a_reconnect(system: System):
+    """The birth message tells HQ a site's feed and blacklist versions only at connect —
+    before the snapshot. Health reports keep them current, so the lag HQ shows (overview,
+    blacklist page, alerts) falls to zero once the site has applied the change."""
+    from datetime import UTC, datetime
+
+    await system.store.run(lambda conn: master.report_lost(conn, BOB, at=datetime.now(UTC)))
+
+    async def applied_everywhere() -> bool:
+        rows = await system.store.run(
+            lambda conn: conn.execute(
+                "SELECT s.feed_version, s.blacklist_version,"
+                " (SELECT max(version) FROM changes), (SELECT max(version) FROM blacklist_log)"
+                " FROM sites s WHERE s.removed = 0"
+            ).fetchall()
+        )
+        return len(rows) == 2 and all(
+            feed > 0 and black == black_head for feed, black, _, black_head in rows
+        )
+
+    await until(applied_everywhere, within=8)

@@ -76,6 +76,8 @@ def test_install_into_root_lays_out_config_data_units_and_udev_rule(bundle: Path
         "var/lib/onecard": 0o700,
         "opt/onecard": 0o755,
         "etc/systemd/system/onecard-edge.service": 0o644,
+        "etc/systemd/system/onecard-edge-updater.service": 0o644,
+        "etc/systemd/system/onecard-edge-updater.path": 0o644,
         "etc/udev/rules.d/99-onecard-serial.rules": 0o644,
     }
     for rel, want in expected.items():
@@ -89,7 +91,7 @@ def test_install_into_root_lays_out_config_data_units_and_udev_rule(bundle: Path
     assert (root / "etc/udev/rules.d/99-onecard-serial.rules").read_bytes() == rule.read_bytes()
     assert load_config(root / "etc/onecard/edge.toml", env={}).site == SITE
     command = root / "usr/local/bin/onecard-edge"
-    assert command.readlink() == Path("/opt/onecard/venv/bin/onecard-edge")
+    assert command.readlink() == Path("/opt/onecard/current/venv/bin/onecard-edge")
     # --root never touches the host: users, systemctl and udevadm are only reported.
     assert "skipped (--root): systemctl" in out
     assert "user onecard: not created" in out
@@ -100,8 +102,13 @@ def test_install_into_root_lays_out_config_data_units_and_udev_rule(bundle: Path
 def test_install_with_enable_links_the_unit_into_multi_user_target(bundle: Path, root: Path):
     code, out = cli("install", "--bundle", bundle, "--root", root, "--skip-venv", "--enable")
     assert code == 0, out
-    link = root / "etc/systemd/system/multi-user.target.wants/onecard-edge.service"
-    assert link.readlink() == Path("/etc/systemd/system/onecard-edge.service")
+    for unit in (
+        "onecard-edge.service",
+        "onecard-edge-updater.service",
+        "onecard-edge-updater.path",
+    ):
+        link = root / "etc/systemd/system/multi-user.target.wants" / unit
+        assert link.readlink() == Path("/etc/systemd/system") / unit
 
 
 def test_unit_wanted_by_matches_the_link_install_makes():
@@ -132,7 +139,8 @@ def test_second_install_with_a_new_bundle_replaces_config_and_keeps_the_old(
 
 def test_uninstall_removes_service_and_venv_but_keeps_config_and_data(bundle: Path, root: Path):
     assert cli("install", "--bundle", bundle, "--root", root, "--skip-venv", "--enable")[0] == 0
-    (root / "opt/onecard/venv/bin").mkdir(parents=True)
+    (root / "opt/onecard/releases/0.1.0/venv/bin").mkdir(parents=True)
+    (root / "opt/onecard/current").symlink_to("releases/0.1.0")
     (root / "var/lib/onecard/edge.db").write_bytes(b"data")
 
     code, out = cli("uninstall", "--root", root)
@@ -339,8 +347,11 @@ def test_live_install_creates_the_user_then_reloads_enables_and_restarts(bundle:
         "udevadm control",
         "udevadm trigger",
         "systemctl enable",
+        "systemctl enable",  # the updater's path unit (docs/upgrade.md)
         "systemctl restart",
     ]
+    assert ["systemctl", "enable", "--now", "onecard-edge-updater.path"] in host.commands
+    assert ["systemctl", "enable", setup.UNIT, "onecard-edge-updater.service"] in host.commands
     useradd = host.commands[0]
     assert "--system" in useradd and useradd[-1] == "onecard"
     assert "/usr/sbin/nologin" in useradd and "/var/lib/onecard" in useradd
@@ -351,7 +362,7 @@ def test_live_install_with_no_start_does_not_restart(bundle: Path, root: Path):
     options = setup.InstallOptions(skip_venv=True, start=False)
     setup.install(setup.read_bundle(bundle), setup.Tree(root, host), options)
     assert ["systemctl", "restart", setup.UNIT] not in host.commands
-    assert ["systemctl", "enable", setup.UNIT] in host.commands
+    assert ["systemctl", "enable", setup.UNIT, "onecard-edge-updater.service"] in host.commands
 
 
 def test_a_service_that_does_not_start_fails_install_with_where_to_look(bundle: Path, root: Path):
@@ -399,7 +410,7 @@ def test_venv_gets_the_locked_runtime_dependencies_then_onecard(
     )
     setup.install(setup.read_bundle(bundle), tree, options)
 
-    venv = str(root / "opt/onecard/venv")
+    venv = str(root / "opt/onecard/releases/0.1.0/venv")
     assert recorded[0] == ["/usr/bin/python3", "-m", "venv", venv]
     index = ["--no-index", "--find-links", str(tmp_path)] if offline else []
     deps, onecard, check = recorded[1:]
@@ -409,6 +420,9 @@ def test_venv_gets_the_locked_runtime_dependencies_then_onecard(
     assert deps[5:-1] == ["install", *index, *hashes, "--no-deps", "-r"]
     assert onecard[5:] == ["install", *index, "--no-deps", "--force-reinstall", str(wheel)]
     assert check[5:] == ["check"]
+    # the service runs the release through `current`; upgrades add releases beside it
+    assert (root / "opt/onecard/current").readlink() == Path("releases/0.1.0")
+    assert (root / "opt/onecard/releases/0.1.0/.complete").read_text() == "0.1.0\n"
     (lock,) = locks
     assert "aiomqtt==2.5.1" in lock and "pytest==" not in lock
     # From the index every file is hash-checked; a wheelhouse made at HQ holds wheels built

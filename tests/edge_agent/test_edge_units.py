@@ -1,7 +1,7 @@
 """The systemd units and udev rule: ``systemd-analyze verify`` clean, exposure <= 3.0, and
 consistent with what install and the config loader expect.
 
-``systemd-analyze verify`` checks that ExecStart= exists, which /opt/onecard/venv does not
+``systemd-analyze verify`` checks that ExecStart= exists, which /opt/onecard/… does not
 on a build machine. So the units are verified with ``--root`` pointing at a scratch tree:
 the host's own unit files (for sysinit.target, network-online.target, modprobe@.service …),
 a stand-in executable at the ExecStart= path, and our units in ``etc/systemd/system``.
@@ -144,7 +144,8 @@ def test_edge_unit_is_a_watched_notify_service_with_start_limits():
     assert s["WatchdogSec"] == "30" and s["Restart"] == "on-failure"
     assert int(s["StartLimitBurst"]) > 1 and int(s["StartLimitIntervalSec"]) > 0
     assert (
-        s["ExecStart"] == "/opt/onecard/venv/bin/onecard-edge run --config /etc/onecard/edge.toml"
+        s["ExecStart"]
+        == "/opt/onecard/current/venv/bin/onecard-edge run --config /etc/onecard/edge.toml"
     )
     assert s["ExecStart"].startswith(f"/{setup.VENV}/bin/")
     assert s["User"] == s["Group"] == setup.USER
