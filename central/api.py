@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -527,10 +528,16 @@ class ApiServer(uvicorn.Server):
 
 
 def api_server(
-    store: CentralStore, host: str, port: int, *, app: Callable[..., Awaitable[None]] | None = None
+    store: CentralStore,
+    host: str,
+    port: int,
+    *,
+    app: Callable[..., Awaitable[None]] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> ApiServer:
     """A server on ``host:port`` (run it with ``await server.serve()``) for the API, or for
-    ``app`` (the dashboard, which carries the API too)."""
+    ``app`` (the dashboard, which carries the API too); HTTPS with ``tls`` = (certificate,
+    key) files."""
     config = uvicorn.Config(
         app or create_app(store),
         host=host,
@@ -539,5 +546,7 @@ def api_server(
         access_log=False,
         lifespan="off",
         server_header=False,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     return ApiServer(config)

@@ -85,7 +85,19 @@ def version() -> None:
     "--secure-cookies/--no-secure-cookies",
     default=False,
     envvar="ONECARD_SECURE_COOKIES",
-    help="mark the dashboard's cookies Secure (when it is reached over HTTPS)",
+    help="mark the dashboard's cookies Secure (behind an HTTPS proxy; always with --tls-cert)",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="ONECARD_TLS_CERT",
+    help="serve --http over HTTPS with this certificate (`broker web-cert` issues one)",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="ONECARD_TLS_KEY",
+    help="the certificate's private key",
 )
 @click.option(
     "--alert-webhook",
@@ -133,6 +145,8 @@ def serve(
     ca_file: Path | None,
     http: str | None,
     secure_cookies: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     alert_webhook: str | None,
     site_offline_after: float,
     alert_interval: float,
@@ -156,6 +170,9 @@ def serve(
     )
 
     listen = _host_port(http) if http else None
+    if (tls_cert is None) != (tls_key is None):
+        raise click.BadParameter("give both --tls-cert and --tls-key", param_hint="--tls-cert")
+    tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     from central.alerts import AlertSettings
     from central.core.alerts import Thresholds
 
@@ -193,11 +210,12 @@ def serve(
                     store,
                     *listen,
                     secret_key=await store.run(web_key),
-                    config=WebConfig(secure_cookies=secure_cookies),
+                    config=WebConfig(secure_cookies=secure_cookies or tls is not None),
                     metrics=metrics_endpoint(store, service),
                     logtail=hub,
                     artifacts=artifacts,
                     service=service,
+                    tls=tls,
                 )
 
             def stop() -> None:
@@ -283,6 +301,32 @@ def broker_renew_cert(broker_dir: Path, hosts: tuple[str, ...]) -> None:
     except ProvisionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"new server certificate: {path}; now run: systemctl reload mosquitto")
+
+
+@broker.command("web-cert")
+@BROKER_DIR_OPTION
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="name or address branches and browsers use to reach central's HTTPS (repeatable)",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where to write web.crt and web.key (default: the broker directory)",
+)
+def broker_web_cert(broker_dir: Path, hosts: tuple[str, ...], out: Path | None) -> None:
+    """Issue a certificate for `serve --tls-cert/--tls-key` from the broker's CA, which
+    every edge already trusts: release downloads and the dashboard over HTTPS."""
+    from central.provision import ProvisionError, issue_web_cert
+
+    try:
+        cert, key = issue_web_cert(broker_dir, hostnames=list(hosts), out_dir=out)
+    except ProvisionError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"certificate {cert}, key {key}; serve with --tls-cert {cert} --tls-key {key}")
 
 
 @main.group()

@@ -370,6 +370,31 @@ def renew_server_cert(broker_dir: Path, *, hostnames: list[str] | None = None) -
     return broker.server_cert
 
 
+@_os_errors_mapped
+def issue_web_cert(
+    broker_dir: Path, *, hostnames: list[str], out_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """A 2-year certificate for central's HTTPS listener (``serve --http … --tls-cert
+    --tls-key``), issued by the broker's CA — the CA every edge already trusts (``ca.crt`` of
+    its bundle), so edges download releases over HTTPS with nothing new to install. Writes
+    ``web.crt`` and ``web.key`` (0600) into ``out_dir`` (default: the broker directory)."""
+    broker = BrokerDir(broker_dir).check()
+    try:
+        ca_key = serialization.load_pem_private_key(broker.ca_key.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ProvisionError(f"{broker.ca_key}: the CA key is needed to issue one") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ProvisionError(f"{broker.ca_key}: not an ECDSA key made by broker init")
+    ca_cert = x509.load_pem_x509_certificate(broker.ca_cert.read_bytes())
+    key, cert = _make_server_cert(ca_key, ca_cert, hostnames)
+    out = out_dir or broker.root
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = out / "web.key", out / "web.crt"
+    _write_atomic(key_path, _pem_key(key), mode=0o600)
+    _write_atomic(cert_path, _pem_cert(cert), mode=0o644)
+    return cert_path, key_path
+
+
 # --- mosquitto.conf and ACL -----------------------------------------------------------------
 
 ACL_TEXT = f"""\

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -192,6 +193,7 @@ def dashboard_server(
     logtail: TailHub | None = None,
     artifacts: ASGIApp | None = None,
     service: CentralService | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> ApiServer:
     """A server for the dashboard and the API on ``host:port`` (``await server.serve()``);
     ``metrics``: the app answering ``/metrics`` (``central.metrics.metrics_endpoint``);
@@ -206,7 +208,7 @@ def dashboard_server(
     )
     api = with_doors_api(log_tail.with_logs_api(create_app(store), store, logtail), store, service)
     app = Dashboard(web=pages, api=api, metrics=metrics, artifacts=artifacts)
-    server = api_server(store, host, port, app=app)
+    server = api_server(store, host, port, app=app, tls=tls)
     # uvicorn waits for open responses before it exits: live streams end when it stops.
     pages.state.live.stopping = lambda: server.should_exit
     return server
