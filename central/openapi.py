@@ -26,9 +26,11 @@ from central.core.effects import Accepted, Rejected
 from central.core.member_rows import Issue
 from central.core.members import ImportCounts
 from central.core.operations import AnyRequest
+from central.core.rollout import Rollout
 from central.core.state import Balance, CardType, Policy
 from central.finance import ReconciliationRun
 from central.logtail import LEVELS, MAX_LEVEL_S, TAIL_ROLES
+from central.web import rollouts
 from central.web.doors import DOOR_ROLES, OpenRequest
 from central.web.logs import MAX_GREP, LevelChange
 from edge_agent.core.model import Card, Person, Ticket
@@ -58,6 +60,21 @@ def nullable(schema: Schema) -> Schema:
 _STR: Schema = {"type": "string"}
 _INT: Schema = {"type": "integer"}
 _TIME: Schema = nullable({"type": "string", "format": "date-time"})
+#: A rollout in one row (``central.web.rollouts.summary``).
+_ROLLOUT_ROW: Schema = {
+    "type": "object",
+    "properties": {
+        "id": _STR,
+        "version": _STR,
+        "status": {"type": "string", "enum": ["running", "paused", "aborted", "completed"]},
+        "pause_reason": nullable({"type": "string"}),
+        "created_at": {"type": "string", "format": "date-time"},
+        "created_by": _STR,
+        "sites": _INT,
+        "counts": {"type": "object", "additionalProperties": _INT},
+    },
+    "required": ["id", "version", "status", "created_at", "sites", "counts"],
+}
 
 
 def _object(required: Mapping[str, Schema]) -> Schema:
@@ -408,6 +425,49 @@ def _endpoints() -> dict[tuple[str, str], Endpoint]:
             body=_json(ref("OpenRequest")),
             errors=(400, 404, 413, 503),
         ),
+        ("GET", "/api/v1/rollouts"): Endpoint(
+            "Every rollout of a release to the sites, newest first",
+            "upgrades",
+            rollouts.READ,
+            _json({"type": "array", "items": _ROLLOUT_ROW}),
+        ),
+        ("GET", "/api/v1/rollouts/{rollout_id}"): Endpoint(
+            "One rollout: its stages, every site's state and step, and its log",
+            "upgrades",
+            rollouts.READ,
+            _json(
+                {
+                    "allOf": [
+                        ref("Rollout"),
+                        _object({"log": {"type": "array", "items": {"type": "object"}}}),
+                    ]
+                }
+            ),
+            params=(Param("rollout_id", _STR, "the rollout's id", where="path"),),
+            errors=(404,),
+        ),
+        ("POST", "/api/v1/rollouts/{rollout_id}/{action}"): Endpoint(
+            "Pause, resume, abort a rollout, or retry failed sites",
+            "upgrades",
+            rollouts.CONTROL,
+            _json(_ROLLOUT_ROW),
+            description=(
+                "`pause` (with a `note`): no more upgrade commands, sites installing finish;"
+                " `resume`: go on, the failures so far acknowledged; `abort`: stop for good;"
+                " `retry` (with `sites`): queue failed sites again. Audited (`rollout.ACTION`)."
+            ),
+            params=(
+                Param("rollout_id", _STR, "the rollout's id", where="path"),
+                Param(
+                    "action",
+                    {"type": "string", "enum": list(rollouts.ACTIONS)},
+                    "what to do",
+                    where="path",
+                ),
+            ),
+            body=_json(ref("ControlRequest")),
+            errors=(400, 404, 409, 413),
+        ),
         ("GET", "/api/v1/settings"): Endpoint(
             "The money policy and card types",
             "settings",
@@ -448,6 +508,8 @@ def _components() -> dict[str, Schema]:
             api._Settings,
             LevelChange,
             OpenRequest,
+            Rollout,
+            rollouts.ControlRequest,
         ],
         ref_template=_REF,
     )

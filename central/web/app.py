@@ -31,6 +31,7 @@ from central.api import (
     ApiServer,
     api_server,
     create_app,
+    in_front,
 )
 from central.logtail import TailHub
 from central.web import alerts as alert_pages
@@ -45,6 +46,7 @@ from central.web import (
     people,
     people_ops,
     reconciliation,
+    rollouts,
     sites,
 )
 from central.web import logs as log_tail
@@ -73,6 +75,9 @@ PAGES: list[Page] = [
     Page("/live/overview", overview.stream, EVERYONE),
     Page("/sites/{site}", sites.show, EVERYONE),
     Page("/sites/{site}/doors/{door}/open", doors.open_now, DOOR_ROLES, methods=("POST",)),
+    Page("/rollouts", rollouts.index, rollouts.READ, nav="nav.rollouts"),
+    Page("/rollouts/{rollout_id}", rollouts.show, rollouts.READ),
+    Page("/rollouts/{rollout_id}/{action}", rollouts.act, rollouts.CONTROL, methods=("POST",)),
     Page("/live/sites/{site}", sites.stream, EVERYONE),
     Page("/people", people.search, READ_PEOPLE, nav="nav.people"),
     Page("/people/{person_id}", people.show, READ_PEOPLE),
@@ -206,7 +211,10 @@ def dashboard_server(
         pages=PAGES + log_tail.pages(logtail),
         service=service,
     )
-    api = with_doors_api(log_tail.with_logs_api(create_app(store), store, logtail), store, service)
+    api = in_front(
+        rollouts.api_routes(store),
+        with_doors_api(log_tail.with_logs_api(create_app(store), store, logtail), store, service),
+    )
     app = Dashboard(web=pages, api=api, metrics=metrics, artifacts=artifacts)
     server = api_server(store, host, port, app=app, tls=tls)
     # uvicorn waits for open responses before it exits: live streams end when it stops.

@@ -51,6 +51,7 @@ _ANOMALIES = frozenset({"admin", "operator", "finance"})
 _FINANCE_READ = frozenset({"admin", "finance", "auditor"})
 _TAIL = frozenset({"admin", "technician"})
 _DOORS = frozenset({"admin", "operator", "technician"})
+_UPGRADES_READ = frozenset({"admin", "technician", "auditor"})
 
 #: Who may use each route. A new route needs a line here (the first test says which).
 EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
@@ -67,6 +68,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/people/{person_id}/refund"): _MONEY,
     ("POST", "/people/{person_id}/op/{op}"): _MONEY,
     ("POST", "/sites/{site}/doors/{door}/open"): _DOORS,
+    ("GET", "/rollouts"): _UPGRADES_READ,
+    ("GET", "/rollouts/{rollout_id}"): _UPGRADES_READ,
+    ("POST", "/rollouts/{rollout_id}/{action}"): _TAIL,
     ("GET", "/reconciliation"): _FINANCE_READ,
     ("POST", "/reconciliation"): frozenset({"admin", "finance"}),
     ("GET", "/blacklist"): _READERS,
@@ -102,6 +106,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/api/v1/sites/{site}/logs"): _TAIL,
     ("POST", "/api/v1/sites/{site}/log-level"): _TAIL,
     ("POST", "/api/v1/sites/{site}/doors/{door}/open"): _DOORS,
+    ("GET", "/api/v1/rollouts"): _UPGRADES_READ,
+    ("GET", "/api/v1/rollouts/{rollout_id}"): _UPGRADES_READ,
+    ("POST", "/api/v1/rollouts/{rollout_id}/{action}"): _TAIL,
 }
 
 ALICE_CARD, BOB_CARD = "04A1B2C3D4E5F6", "04B1B2B3B4B5B6"
@@ -114,6 +121,8 @@ SAMPLES = {
     "alert_id": "1",
     "door": "DOOR-01",
     "op": "card.freeze",
+    "rollout_id": "r-0.2.0",
+    "action": "pause",
 }
 #: Query strings some reads need to get past their own checks.
 QUERIES = {
