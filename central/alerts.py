@@ -120,6 +120,13 @@ def site_facts(
             "SELECT site, received_ms, at_ms, terminals, disk_free_bytes FROM site_health"
         )
     }
+    doors: dict[str, list[rules.DoorEventFact]] = {}
+    for site_id, door, event, count, last_ms in conn.execute(
+        "SELECT site, door, event, count(*), max(at_ms) FROM door_events WHERE at_ms > ?"
+        " GROUP BY site, door, event ORDER BY site, door, event",
+        (now_ms - int(limits.door_event_window_s * 1000),),
+    ):
+        doors.setdefault(site_id, []).append(rules.DoorEventFact(door, event, count, last_ms))
     blacklist_head = master.blacklist_version(conn)
     published = int(
         conn.execute(
@@ -155,6 +162,7 @@ def site_facts(
                 clock_skew_s=skew,
                 disk_free_bytes=disk,
                 dead_letters=int(dead.get(sid, 0)),
+                door_events=tuple(doors.get(sid, ())),
             )
         )
     return out, int(dead.get("", 0))

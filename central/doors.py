@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from central import master
 from central.core.effects import AuditEntry
 from central.operations import write_audit
-from protocol.messages import DoorOpen, Reply
+from protocol.messages import AnyRecord, DoorOpen, Reply, TerminalEvent
 
 if TYPE_CHECKING:
     from central.service import CentralService
@@ -44,6 +45,36 @@ class DoorOpenOutcome:
 
 class UnknownDoorError(LookupError):
     """No such door at the site."""
+
+
+#: The terminal events that become alerts (``central.core.alerts``: door_forced, door_held).
+ALERTED_EVENTS = frozenset({"door_forced", "door_held"})
+
+
+def collect_events(
+    conn: sqlite3.Connection, site: str, records: Iterable[tuple[int, AnyRecord]]
+) -> int:
+    """Keep the forced and held-open door events among ``records`` (being applied by
+    ingest, in its transaction) for the alert rules; idempotent by record id."""
+    rows = [
+        (
+            record.id,
+            site,
+            record.door or record.terminal or "?",
+            record.terminal,
+            record.event,
+            int(record.at.timestamp() * 1000),
+        )
+        for _, record in records
+        if isinstance(record, TerminalEvent) and record.event in ALERTED_EVENTS
+    ]
+    if rows:
+        conn.executemany(
+            "INSERT OR IGNORE INTO door_events (record_id, site, door, terminal, event, at_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return len(rows)
 
 
 async def open_door(

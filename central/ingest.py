@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from central import anomalies, attendance, operations
+from central import anomalies, attendance, doors, operations
 from central.core.ledger import Entry, entries_for, moves_money
 from edge_agent.adapters.sqlite_outbox import lane_of
 from protocol.errors import MessageError
@@ -254,6 +254,7 @@ def ingest_batch(
             money = apply_records(conn, site, epoch, lane, live, now_ms, holders)
         anomalies.check_records(conn, site, live, at_ms=now_ms)
         attendance.collect(conn, site, live, holders, now_ms=now_ms)
+        doors.collect_events(conn, site, live)
     else:
         for values in prepared.rows:
             outcome = _store_one(conn, values, now_ms)
@@ -411,6 +412,7 @@ def _advance(  # noqa: PLR0917 - the coordinates of one lane
         money = apply_records(conn, site, epoch, lane, walked, now_ms, holders)
         anomalies.check_records(conn, site, walked, at_ms=now_ms)
         attendance.collect(conn, site, walked, holders, now_ms=now_ms)
+        doors.collect_events(conn, site, walked)
         conn.execute(
             "UPDATE records SET applied = 1 WHERE site = ? AND epoch = ? AND lane = ?"
             " AND applied = 0 AND seq <= ?",

@@ -11,6 +11,7 @@ from typing import Any
 
 from central.adapters.sqlite_alert_schema import ALERT_MIGRATIONS
 from central.adapters.sqlite_attendance_schema import ATTENDANCE_MIGRATIONS
+from central.adapters.sqlite_door_schema import DOOR_MIGRATIONS
 from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
 from central.adapters.sqlite_rollout_schema import ROLLOUT_MIGRATIONS
 from central.adapters.sqlite_schema import MIGRATIONS
@@ -49,7 +50,8 @@ class CentralStore(GroupCommitDB):
             + WEB_MIGRATIONS
             + ATTENDANCE_MIGRATIONS
             + ALERT_MIGRATIONS
-            + ROLLOUT_MIGRATIONS,
+            + ROLLOUT_MIGRATIONS
+            + DOOR_MIGRATIONS,
         )
 
     def _commit_batch(self, batch: list[Any]) -> list[tuple[bool, Any]]:

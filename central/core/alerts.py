@@ -40,6 +40,8 @@ KINDS: dict[str, Severity] = {
     "blacklist_lag": "important",
     "clock_skew": "important",
     "disk_low": "important",
+    "door_forced": "important",
+    "door_held": "important",
     "dead_letters": "normal",
 }
 
@@ -64,6 +66,9 @@ class Thresholds:
     disk_free_min_bytes: int = 1 << 30
     #: Dead letters within this window raise the alert; none for this long resolves it.
     dead_letter_window_s: float = 3600.0
+    #: A door forced or held open within this window raises the alert; it resolves once the
+    #: door has been quiet this long (or someone acknowledges it).
+    door_event_window_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,16 @@ class TerminalFact:
     id: str
     kind: str
     online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEventFact:
+    """A door's forced / held-open events within the window."""
+
+    door: str
+    event: str
+    count: int
+    last_ms: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +109,8 @@ class SiteFacts:
     disk_free_bytes: int | None = None
     #: Dead letters from this site within the window.
     dead_letters: int = 0
+    #: Doors forced or held open within the window (records the site sent).
+    door_events: tuple[DoorEventFact, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +148,16 @@ def site_conditions(facts: SiteFacts, limits: Thresholds) -> list[Condition]:
     out: list[Condition] = []
     if facts.dead_letters:
         out.append(_dead_letters(site, facts.dead_letters))
+    out.extend(  # reported records: known whether the site is up now or not
+        Condition(
+            key=f"{event.event}:{site}/{event.door}",
+            kind=event.event,
+            site=site,
+            subject=event.door,
+            detail={"count": event.count, "last_ms": event.last_ms},
+        )
+        for event in facts.door_events
+    )
     if not facts.online:
         if facts.ever_seen:
             out.append(
