@@ -87,7 +87,13 @@ def collect(
 
 
 def add_manual_punch(
-    conn: sqlite3.Connection, person_id: str, at: datetime, *, operator: str, note: str
+    conn: sqlite3.Connection,
+    person_id: str,
+    at: datetime,
+    *,
+    operator: str,
+    note: str,
+    source: str = "hq:cli",
 ) -> str:
     """A punch added by hand (补卡): needs a reason; audited. Returns its id."""
     _person(conn, person_id)
@@ -103,7 +109,7 @@ def add_manual_punch(
         " VALUES (?, ?, ?, 'manual', ?, ?, ?)",
         (punch_id, person_id, _ms(at), operator, note, _ms(now)),
     )
-    _audit(conn, operator, "attendance.punch_add", person_id, {"at": _iso(at)}, note)
+    _audit(conn, operator, "attendance.punch_add", person_id, {"at": _iso(at)}, note, source=source)
     return punch_id
 
 
@@ -547,6 +553,7 @@ def _audit(  # noqa: PLR0917 - the audit line's parts
     note: str,
     *,
     before: dict[str, str | None] | None = None,
+    source: str = "hq:cli",
 ) -> None:
     now = datetime.now(UTC)
     write_audit(
@@ -554,7 +561,7 @@ def _audit(  # noqa: PLR0917 - the audit line's parts
         AuditEntry(
             request_id=f"{action}:{target}:{_ms(now)}",
             operator=operator,
-            source="cli",
+            source=source,
             action=action,
             target=target,
             at=now,

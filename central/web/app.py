@@ -37,6 +37,7 @@ from central.logtail import TailHub
 from central.web import alerts as alert_pages
 from central.web import (
     anomalies,
+    attendance,
     audit,
     auth,
     blacklist,
@@ -75,6 +76,11 @@ PAGES: list[Page] = [
     Page("/live/overview", overview.stream, EVERYONE),
     Page("/sites/{site}", sites.show, EVERYONE),
     Page("/sites/{site}/doors/{door}/open", doors.open_now, DOOR_ROLES, methods=("POST",)),
+    Page("/attendance", attendance.report, READ_PEOPLE, nav="nav.attendance"),
+    Page("/attendance.csv", attendance.download, READ_PEOPLE),
+    Page("/attendance.xlsx", attendance.download, READ_PEOPLE),
+    Page("/attendance/people/{person_id}", attendance.person, READ_PEOPLE),
+    Page("/attendance/people/{person_id}/punch", attendance.punch, OPERATE, methods=("POST",)),
     Page("/rollouts", rollouts.index, rollouts.READ, nav="nav.rollouts"),
     Page("/rollouts/{rollout_id}", rollouts.show, rollouts.READ),
     Page("/rollouts/{rollout_id}/{action}", rollouts.act, rollouts.CONTROL, methods=("POST",)),
