@@ -302,6 +302,67 @@ def put_department(
     _audit(conn, operator, "department.put", dept_id, {"name": name, "parent": parent}, "")
 
 
+DEPARTMENT_COLUMNS = ("id", "name", "parent")
+
+
+def import_departments(conn: sqlite3.Connection, data: bytes, *, operator: str) -> int:
+    """Load a department tree from CSV (``id,name,parent``; UTF-8, with or without a BOM,
+    or GB18030), parents before or after their children; all or nothing. Returns how many
+    departments were written."""
+    text = _decode_text(data)
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in DEPARTMENT_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise AttendanceError(f"the file lacks the column(s) {', '.join(missing)}")
+    rows: dict[str, tuple[str, str | None]] = {}
+    for line, row in enumerate(reader, start=2):
+        dept_id, name = (row["id"] or "").strip(), (row["name"] or "").strip()
+        parent = (row["parent"] or "").strip() or None
+        if not dept_id or not name or len(dept_id) > 64 or len(name) > 100:
+            raise AttendanceError(f"line {line}: id (≤ 64) and name (≤ 100) are required")
+        if dept_id in rows:
+            raise AttendanceError(f"line {line}: department {dept_id} appears twice")
+        rows[dept_id] = (name, parent)
+    known = {r[0] for r in conn.execute("SELECT id FROM departments")}
+    done: set[str] = set()
+    while len(done) < len(rows):  # parents first, whatever the file's order
+        placed = done | (known - set(rows))  # parents that exist already
+        ready = [
+            d
+            for d, (_, parent) in rows.items()
+            if d not in done and (parent is None or parent in placed)
+        ]
+        if not ready:
+            stuck = sorted(set(rows) - done)
+            raise AttendanceError(f"departments {', '.join(stuck[:5])}: unknown parent or a cycle")
+        for dept_id in ready:
+            name, parent = rows[dept_id]
+            put_department(conn, dept_id, name, parent, operator=operator)
+            done.add(dept_id)
+    return len(done)
+
+
+def export_departments(conn: sqlite3.Connection) -> bytes:
+    """The department tree as CSV (``id,name,parent``, UTF-8 with a BOM for Excel)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(DEPARTMENT_COLUMNS)
+    for row in conn.execute(
+        "SELECT id, name, coalesce(parent_id, '') FROM departments ORDER BY id"
+    ):
+        writer.writerow(row)
+    return ("\ufeff" + out.getvalue()).encode()
+
+
+def _decode_text(data: bytes) -> str:
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AttendanceError("the file is neither UTF-8 nor GB18030 text")
+
+
 def ancestors(conn: sqlite3.Connection, dept_id: str, *, include_self: bool = True) -> list[str]:
     """``dept_id`` (if asked) and its parents up to the root, nearest first; [] if unknown."""
     rows = conn.execute(

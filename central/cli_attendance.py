@@ -292,4 +292,75 @@ def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path
     click.echo(f"department {dept_id} ({name})" + (f" under {parent}" if parent else ""))
 
 
+@dept.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--operator", default=_who, show_default="login user")
+@DB_OPTION
+def dept_import(csv_file: Path, operator: str, db_path: Path) -> None:
+    """Load a department tree (CSV: id,name,parent); all or nothing, audited."""
+    from central import attendance as att
+
+    data = csv_file.read_bytes()
+    count = _run(db_path, lambda conn: att.import_departments(conn, data, operator=operator))
+    click.echo(f"{count} departments written from {csv_file}")
+
+
+@dept.command("export")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="default: stdout")
+@DB_OPTION
+def dept_export(out: Path | None, db_path: Path) -> None:
+    """The department tree as CSV (id,name,parent)."""
+    from central import attendance as att
+
+    data = _run(db_path, att.export_departments)
+    if out is None:
+        click.echo(data.decode("utf-8-sig"), nl=False)
+    else:
+        out.write_bytes(data)
+        click.echo(f"wrote {out}")
+
+
+@dept.command("people")
+@click.option("--department", help="a department (with those under it); default everyone")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="default: stdout")
+@DB_OPTION
+def dept_people(department: str | None, out: Path | None, db_path: Path) -> None:
+    """Export people as CSV with the columns `import members` reads back (person_id,
+    number, name, kind, department, card_uid: the live card)."""
+    import csv
+    import io
+
+    from central import attendance as att
+
+    def rows(conn: Any) -> list[list[str]]:
+        cards: dict[str, list[str]] = {}
+        for uid, person in conn.execute(
+            "SELECT key, json_extract(data, '$.person_id') FROM master"
+            " WHERE scope = '' AND entity = 'card'"
+            " AND json_extract(data, '$.status') IN ('active', 'frozen', 'lost')"
+        ):
+            cards.setdefault(person, []).append(uid)
+        kinds = dict(
+            conn.execute(
+                "SELECT key, coalesce(json_extract(data, '$.kind'), 'member') FROM master"
+                " WHERE scope = '' AND entity = 'person'"
+            ).fetchall()
+        )
+        return [
+            [m.person_id, m.number, m.name, kinds.get(m.person_id, ""), m.department or "",
+             min(cards.get(m.person_id, [""]))]
+            for m in att.members(conn, department, staff_only=False)
+        ]  # fmt: skip
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["person_id", "number", "name", "kind", "department", "card_uid"])
+    writer.writerows(_run(db_path, rows))
+    if out is None:
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        out.write_bytes(("\ufeff" + buffer.getvalue()).encode())
+        click.echo(f"wrote {out}")
+
+
 COMMANDS = [attendance, dept]

@@ -34,9 +34,11 @@ def _month(ctx: PageContext) -> tuple[int, int] | None:
 
 
 async def report(ctx: PageContext) -> Response:
-    """GET /attendance?month=YYYY-MM&department=ID"""
+    """GET /attendance?month=YYYY-MM&department=ID (or ``day=YYYY-MM-DD``: that day)"""
     month = _month(ctx)
     department = ctx.request.query_params.get("department") or None
+    if ctx.request.query_params.get("day"):
+        return await _day(ctx, department)
     if month is None:
         return ctx.error(400, ctx.t("error.400.title"), ctx.t("attendance.bad_month"))
 
@@ -60,6 +62,39 @@ async def report(ctx: PageContext) -> Response:
         departments=departments,
         month=f"{month[0]}-{month[1]:02d}",
         department=department or "",
+    )
+
+
+async def _day(ctx: PageContext, department: str | None) -> Response:
+    """One day for the department: everyone's status, in, out, minutes."""
+    try:
+        day = date.fromisoformat(ctx.request.query_params["day"])
+    except ValueError:
+        return ctx.error(400, ctx.t("error.400.title"), ctx.t("attendance.bad_day"))
+
+    def load(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        try:
+            people = att.members(conn, department)
+        except att.AttendanceError:
+            return None
+        rules = att.load_rules(conn)
+        rows = [(m, att.person_days(conn, m, [day], rules)[0]) for m in people]
+        depts = conn.execute("SELECT id, name FROM departments ORDER BY id").fetchall()
+        return {"rows": rows, "departments": depts, "zone": rules.zone}
+
+    found = await ctx.web.store.run(load)
+    if found is None:
+        return ctx.error(404, ctx.t("error.404.title"), ctx.t("attendance.no_department"))
+    zone = found["zone"]
+    return ctx.render(
+        "attendance_day.html",
+        title=ctx.t("attendance.title"),
+        day=day.isoformat(),
+        month=f"{day.year}-{day.month:02d}",
+        department=department or "",
+        rows=found["rows"],
+        departments=found["departments"],
+        local=lambda at: "" if at is None else at.astimezone(zone).strftime("%H:%M"),
     )
 
 

@@ -292,3 +292,40 @@ def test_the_cli_configures_shifts_rosters_and_refuses_bad_input(tmp_path: Path)
     assert holiday.exit_code == 0
     bad_month = runner.invoke(cli, ["attendance", "report", "--month", "2026-13", *db])
     assert bad_month.exit_code == 2 and "not a month" in bad_month.output
+
+
+def test_the_department_tree_and_the_people_go_out_and_come_back_in(tmp_path: Path):
+    runner = CliRunner()
+    db = ["--db", str(tmp_path / "c.db")]
+    tree = tmp_path / "tree.csv"
+    # children before parents, GB18030 as Excel on a Chinese Windows saves it
+    tree.write_bytes(
+        "id,name,parent\nops-east,运营东区,ops\nops,运营,hq\nhq,总部,\n".encode("gb18030")
+    )
+    loaded = runner.invoke(cli, ["dept", "import", str(tree), *db])
+    assert loaded.exit_code == 0 and "3 departments" in loaded.output, loaded.output
+    out = runner.invoke(cli, ["dept", "export", *db])
+    assert out.output.splitlines() == [
+        "id,name,parent", "hq,总部,", "ops,运营,hq", "ops-east,运营东区,ops",
+    ]  # fmt: skip
+    cycle = tmp_path / "cycle.csv"
+    cycle.write_text("id,name,parent\na,A,b\nb,B,a\n")
+    refused = runner.invoke(cli, ["dept", "import", str(cycle), *db])
+    assert refused.exit_code == 1 and "unknown parent or a cycle" in refused.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,title\nx,y\n")
+    assert (
+        "lacks the column(s) id, name, parent"
+        in runner.invoke(cli, ["dept", "import", str(bad), *db]).output
+    )
+    seed = tmp_path / "seed.json"
+    seed.write_text(
+        '{"persons": [{"id": "P1", "name": "安娜", "kind": "staff", "number": "007",'
+        ' "department": "ops-east"}], "cards": [{"uid": "04A1B2C3D4E5F6", "person_id": "P1"}]}'
+    )
+    assert runner.invoke(cli, ["seed", str(seed), *db]).exit_code == 0
+    people = runner.invoke(cli, ["dept", "people", "--department", "ops", *db])
+    assert people.output.splitlines() == [
+        "person_id,number,name,kind,department,card_uid",
+        "P1,007,安娜,staff,ops-east,04A1B2C3D4E5F6",
+    ]

@@ -94,3 +94,12 @@ async def test_a_manual_punch_changes_the_month_and_is_for_operators(staffed):
     assert (await auditor.get("/attendance/people/E2")).status_code == 200
     refused = await auditor.post(url, data={"csrf": token, "at": "2026-11-03T18:00"})
     assert refused.status_code == 403
+
+
+async def test_one_day_for_a_department(staffed):
+    http = await client(staffed, "auditor-1")
+    day = await http.get("/attendance", params={"day": "2026-11-02", "department": "hq"})
+    assert day.status_code == 200
+    assert 'data-person="E1" data-status="normal"' in day.text
+    assert 'data-person="E2" data-status="absent"' in day.text
+    assert (await http.get("/attendance", params={"day": "2026-02-30"})).status_code == 400
