@@ -108,7 +108,9 @@ def remove(conn: sqlite3.Connection, site: str, entity: str, key: str, *, operat
     return version
 
 
-def grant(conn: sqlite3.Connection, value: AccessGrant, *, operator: str) -> int:
+def grant(
+    conn: sqlite3.Connection, value: AccessGrant, *, operator: str, source: str = "hq:cli"
+) -> int:
     """Grant a person an access level (a person's own grant: expansion never touches it)."""
     _person(conn, value.person_id)
     _level(conn, value.access_level_id)
@@ -120,11 +122,18 @@ def grant(conn: sqlite3.Connection, value: AccessGrant, *, operator: str) -> int
         (value.person_id, value.access_level_id),
     )
     version = master.upsert(conn, "", "access_grant", key, _json.encode(value))
-    _audit(conn, operator, "access.grant", key, before, value)
+    _audit(conn, operator, "access.grant", key, before, value, source=source)
     return version
 
 
-def revoke(conn: sqlite3.Connection, person_id: str, level_id: str, *, operator: str) -> None:
+def revoke(
+    conn: sqlite3.Connection,
+    person_id: str,
+    level_id: str,
+    *,
+    operator: str,
+    source: str = "hq:cli",
+) -> None:
     """Withdraw a person's own grant (a department's grant may then give it back)."""
     key = f"{person_id}:{level_id}"
     before = master.get(conn, "", "access_grant", key)
@@ -134,7 +143,7 @@ def revoke(conn: sqlite3.Connection, person_id: str, level_id: str, *, operator:
     if before is None or derived is not None:
         raise AccessError(f"{person_id} holds no grant of their own for {level_id}")
     master.delete(conn, "", "access_grant", key)
-    _audit(conn, operator, "access.revoke", key, before, None)
+    _audit(conn, operator, "access.revoke", key, before, None, source=source)
     sync_department_grants(conn)
 
 
@@ -146,6 +155,7 @@ def grant_department(
     valid_from: datetime | None = None,
     valid_to: datetime | None = None,
     operator: str,
+    source: str = "hq:cli",
 ) -> int:
     """Grant everyone in ``department`` (and below) a level; returns person grants changed."""
     if not attendance.ancestors(conn, department):
@@ -165,12 +175,18 @@ def grant_department(
         f"department:{department}:{level_id}",
         None,
         {"from": _iso(valid_from), "to": _iso(valid_to)},
+        source=source,
     )
     return sync_department_grants(conn)
 
 
 def revoke_department(
-    conn: sqlite3.Connection, department: str, level_id: str, *, operator: str
+    conn: sqlite3.Connection,
+    department: str,
+    level_id: str,
+    *,
+    operator: str,
+    source: str = "hq:cli",
 ) -> int:
     """Withdraw a department's grant; returns person grants changed."""
     gone = conn.execute(
@@ -179,7 +195,13 @@ def revoke_department(
     ).rowcount
     if not gone:
         raise AccessError(f"department {department} holds no grant for {level_id}")
-    _audit(conn, operator, "access.revoke_department", f"department:{department}:{level_id}")
+    _audit(
+        conn,
+        operator,
+        "access.revoke_department",
+        f"department:{department}:{level_id}",
+        source=source,
+    )
     return sync_department_grants(conn)
 
 
@@ -390,6 +412,8 @@ def _audit(  # noqa: PLR0917 - the parts of an audit line
     target: str,
     before: Any = None,
     after: Any = None,
+    *,
+    source: str = "hq:cli",
 ) -> None:
     now = datetime.now(UTC)
 
@@ -407,7 +431,7 @@ def _audit(  # noqa: PLR0917 - the parts of an audit line
         AuditEntry(
             request_id=f"{action}:{target}:{int(now.timestamp() * 1000)}",
             operator=operator,
-            source="hq:cli",
+            source=source,
             action=action,
             target=target,
             at=now,

@@ -34,8 +34,8 @@ from central.api import (
     in_front,
 )
 from central.logtail import TailHub
-from central.web import alerts as alert_pages
 from central.web import (
+    access,
     anomalies,
     attendance,
     audit,
@@ -50,6 +50,7 @@ from central.web import (
     rollouts,
     sites,
 )
+from central.web import alerts as alert_pages
 from central.web import logs as log_tail
 from central.web.doors import DOOR_ROLES, with_doors_api
 from central.web.live import Live
@@ -81,6 +82,8 @@ PAGES: list[Page] = [
     Page("/attendance.xlsx", attendance.download, READ_PEOPLE),
     Page("/attendance/people/{person_id}", attendance.person, READ_PEOPLE),
     Page("/attendance/people/{person_id}/punch", attendance.punch, OPERATE, methods=("POST",)),
+    Page("/access", access.page, access.READ, nav="nav.access"),
+    Page("/access/{action}", access.change, access.CHANGE, methods=("POST",)),
     Page("/rollouts", rollouts.index, rollouts.READ, nav="nav.rollouts"),
     Page("/rollouts/{rollout_id}", rollouts.show, rollouts.READ),
     Page("/rollouts/{rollout_id}/{action}", rollouts.act, rollouts.CONTROL, methods=("POST",)),

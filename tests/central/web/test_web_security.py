@@ -73,6 +73,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/attendance.xlsx"): _READERS,
     ("GET", "/attendance/people/{person_id}"): _READERS,
     ("POST", "/attendance/people/{person_id}/punch"): _MONEY,
+    ("GET", "/access"): frozenset({"admin", "operator", "auditor"}),
+    ("POST", "/access/{action}"): _MONEY,
     ("GET", "/rollouts"): _UPGRADES_READ,
     ("GET", "/rollouts/{rollout_id}"): _UPGRADES_READ,
     ("POST", "/rollouts/{rollout_id}/{action}"): _TAIL,
