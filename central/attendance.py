@@ -139,6 +139,7 @@ def add_leave(
     kind: str,
     operator: str,
     note: str = "",
+    source: str = "hq:cli",
 ) -> int:
     """Record approved leave; audited. Returns its id."""
     _person(conn, person_id)
@@ -158,6 +159,7 @@ def add_leave(
         person_id,
         {"start": _iso(start), "end": _iso(end), "kind": kind},
         note,
+        source=source,
     )
     return int(cursor.lastrowid or 0)
 

@@ -82,6 +82,7 @@ PAGES: list[Page] = [
     Page("/attendance.xlsx", attendance.download, READ_PEOPLE),
     Page("/attendance/people/{person_id}", attendance.person, READ_PEOPLE),
     Page("/attendance/people/{person_id}/punch", attendance.punch, OPERATE, methods=("POST",)),
+    Page("/attendance/people/{person_id}/leave", attendance.leave, OPERATE, methods=("POST",)),
     Page("/access", access.page, access.READ, nav="nav.access"),
     Page("/access/{action}", access.change, access.CHANGE, methods=("POST",)),
     Page("/rollouts", rollouts.index, rollouts.READ, nav="nav.rollouts"),

@@ -161,6 +161,46 @@ async def punch(ctx: PageContext) -> Response:
     return await _person_page(ctx, done=ctx.t("attendance.punch_added"))
 
 
+LEAVE_KINDS = ("annual", "sick", "personal", "business", "other")
+
+
+async def leave(ctx: PageContext) -> Response:
+    """POST /attendance/people/{person_id}/leave: approved leave from … to … (local times)."""
+    person_id = ctx.request.path_params["person_id"]
+    kind = ctx.form_value("kind", 20)
+    note = ctx.form_value("note", 200).strip()
+    if ctx.form_value("confirm", 5) != "yes":
+        return await _person_page(ctx, refused=ctx.t("people.not_confirmed"), status=400)
+    if kind not in LEAVE_KINDS:
+        return await _person_page(ctx, refused=ctx.t("people.op_invalid"), status=400)
+    try:
+        start = datetime.fromisoformat(ctx.form_value("start", 20))
+        end = datetime.fromisoformat(ctx.form_value("end", 20))
+    except ValueError:
+        return await _person_page(ctx, refused=ctx.t("attendance.bad_time"), status=400)
+    operator = ctx.user.username if ctx.user else ""
+
+    def add(conn: sqlite3.Connection) -> int:
+        zone = att.zone(conn)
+        begin, finish = (t.replace(tzinfo=zone) if t.tzinfo is None else t for t in (start, end))
+        return att.add_leave(
+            conn,
+            person_id,
+            begin.astimezone(UTC),
+            finish.astimezone(UTC),
+            kind=kind,
+            operator=operator,
+            note=note,
+            source="hq:web",
+        )
+
+    try:
+        await ctx.web.store.run(add)
+    except att.AttendanceError as exc:
+        return await _person_page(ctx, refused=str(exc), status=400)
+    return await _person_page(ctx, done=ctx.t("attendance.leave_added"))
+
+
 async def _person_page(
     ctx: PageContext, *, done: str | None = None, refused: str | None = None, status: int = 200
 ) -> Response:
@@ -193,6 +233,7 @@ async def _person_page(
         month=f"{month[0]}-{month[1]:02d}",
         local=lambda at: "" if at is None else at.astimezone(zone).strftime("%H:%M"),
         may_correct=role in {"admin", "operator"},
+        leave_kinds=LEAVE_KINDS,
         done=done,
         refused=refused,
         **found,

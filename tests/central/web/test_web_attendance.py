@@ -103,3 +103,22 @@ async def test_one_day_for_a_department(staffed):
     assert 'data-person="E1" data-status="normal"' in day.text
     assert 'data-person="E2" data-status="absent"' in day.text
     assert (await http.get("/attendance", params={"day": "2026-02-30"})).status_code == 400
+
+
+async def test_leave_recorded_on_the_page_excuses_the_day(staffed):
+    http = await client(staffed, "operator-1")
+    page = await http.get("/attendance/people/E2", params={"month": "2026-11"})
+    token = _CSRF.search(page.text)[1]  # type: ignore[index]
+    url = "/attendance/people/E2/leave?month=2026-11"
+    form = {"csrf": token, "start": "2026-11-04T00:00", "end": "2026-11-04T23:59", "confirm": "yes"}
+    bad_kind = await http.post(url, data={**form, "kind": "holiday-by-myself"})
+    assert bad_kind.status_code == 400
+    backwards = await http.post(url, data={**form, "end": "2026-11-03T00:00", "kind": "sick"})
+    assert backwards.status_code == 400 and "must end after it starts" in backwards.text
+    done = await http.post(url, data={**form, "kind": "sick", "note": "flu"})
+    assert "The leave is recorded" in done.text
+    assert 'data-day="2026-11-04" data-status="leave"' in done.text
+    audit = await staffed.audit(action="attendance.leave_add")
+    assert [(a["operator"], a["source"], a["note"]) for a in audit] == [
+        ("operator-1", "hq:web", "flu")
+    ]

@@ -129,6 +129,9 @@ async def test_an_operator_reports_a_card_lost_recharges_and_watches_the_sites(
         ("/anomalies", "anomalies"),
         ("/reconciliation", "reconciliation"),
         ("/alerts", "alerts"),
+        ("/attendance", "attendance"),
+        ("/access", "access"),
+        ("/rollouts", "rollouts"),
         ("/clearing", "clearing"),
         ("/audit", "audit"),
     ):

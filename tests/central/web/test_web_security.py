@@ -73,6 +73,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/attendance.xlsx"): _READERS,
     ("GET", "/attendance/people/{person_id}"): _READERS,
     ("POST", "/attendance/people/{person_id}/punch"): _MONEY,
+    ("POST", "/attendance/people/{person_id}/leave"): _MONEY,
     ("GET", "/access"): frozenset({"admin", "operator", "auditor"}),
     ("POST", "/access/{action}"): _MONEY,
     ("GET", "/rollouts"): _UPGRADES_READ,
