@@ -74,6 +74,8 @@ log = structlog.get_logger("edge.sync")
 BATCH_RECORDS = 500
 BATCH_BYTES = 256 * 1024
 WINDOW = 8
+#: Remote door opens that may wait for their terminal at once; more are refused.
+DOOR_OPENS_WAITING = 16
 ACK_TIMEOUT_S = 10.0
 
 
@@ -109,6 +111,11 @@ class EdgeSync:
     #: The newest ack received per lane, not yet marked in the outbox (see ``_mark_acked``).
     _acks: dict[int, int] = field(default_factory=dict)
     _acks_waiting: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Remote door opens waiting for their terminal: a terminal's answer can take seconds,
+    #: and the downlink (acks, blacklist deltas) must not wait behind it.
+    _door_opens: asyncio.Queue[DoorOpen] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=DOOR_OPENS_WAITING)
+    )
 
     def count(self, name: str, n: int = 1) -> None:
         """Bump a counter."""
@@ -168,6 +175,7 @@ class EdgeSync:
                     group.create_task(self._receive(client))
                     group.create_task(self._uplink(client))
                     group.create_task(self._mark_acked())
+                    group.create_task(self._open_doors())
                     group.create_task(self._until_stopped())
             except* _Stopped:
                 with contextlib.suppress(aiomqtt.MqttError):
@@ -398,7 +406,12 @@ class EdgeSync:
         elif isinstance(command, LogsTail | LogsStop | SetLogLevel) and self.logtail is not None:
             status, detail = self.logtail.command(command)
         elif isinstance(command, DoorOpen):
-            status, detail = await self._open_door(command)
+            try:
+                self._door_opens.put_nowait(command)  # answered by _open_doors
+            except asyncio.QueueFull:
+                status, detail = "rejected", "too many door opens waiting; try again"
+            else:
+                return
         elif isinstance(command, Upgrade) and self.upgrades is not None:
             status, detail, data = self.upgrades.submit(command)
             await self._reply(command.id, status, detail, **data)
@@ -407,9 +420,19 @@ class EdgeSync:
             status, detail = "rejected", f"{type(command).__name__} is not supported yet"
         await self._reply(command.id, status, detail)
 
+    async def _open_doors(self) -> None:
+        """Carry out queued remote door opens one at a time, each answered on ``up/reply``."""
+        while True:
+            raise_if_cancelling()
+            command = await self._door_opens.get()
+            status, detail = await self._open_door(command)
+            await self._reply(command.id, status, detail)
+
     async def _open_door(self, command: DoorOpen) -> tuple[str, str]:
         """HQ's remote open: DOOR_OPEN to the door's terminal, and a ``remote_open`` event
         in the site's records saying who asked and what happened."""
+        if command.expires_at is not None and datetime.now(UTC) > command.expires_at:
+            return "rejected", f"expired at {command.expires_at.isoformat()}"  # while queued
         terminal = self.site.terminals.get(command.terminal)
         if terminal is None or terminal.kind != "door":
             return "rejected", f"{command.terminal} is not a door terminal at {self.site.site}"

@@ -9,11 +9,13 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sync_system import System, edge_db, until
+from sync_system import BOB, System, edge_db, until
 
+from central import master
 from central.doors import UnknownDoorError, open_door
 from firmware_sim.terminals import DoorReader
 from protocol.messages import DoorOpen
+from protocol.terminal import DoorOpen as TerminalDoorOpen
 
 pytestmark = pytest.mark.integration
 SITE = "SZ-FUTIAN"
@@ -151,3 +153,39 @@ async def test_the_api_opens_a_door_for_the_roles_that_may(system: System):
     finally:
         server.should_exit = True
         await serving
+
+
+class _SilentDoor(DoorReader):
+    """A door controller that never answers DOOR_OPEN (a hung relay board)."""
+
+    async def _on_request(self, frame, body):  # type: ignore[no-untyped-def]
+        if isinstance(body, TerminalDoorOpen):
+            await asyncio.sleep(5)
+            return None
+        return await super()._on_request(frame, body)
+
+
+async def test_a_door_that_does_not_answer_holds_up_nothing_else_at_the_site(system: System):
+    """The open waits for its terminal on its own task: a blacklist change sent meanwhile is
+    applied at once, not after the terminal gives up."""
+    door = system.terminal(_SilentDoor, SITE, "DOOR-01")
+    async with door:  # type: ignore[attr-defined]
+        opening = asyncio.create_task(
+            open_door(system.central, site=SITE, door_id="D1", open_ms=3000, operator="hq-li")
+        )
+        await asyncio.sleep(0.3)  # the command is at the site, waiting for the terminal
+        started = asyncio.get_running_loop().time()
+        await system.store.run(lambda c: master.report_lost(c, BOB, at=datetime.now(UTC)))
+
+        async def listed() -> bool:
+            with edge_db(system.edges[SITE]) as conn:
+                return (
+                    conn.execute("SELECT 1 FROM blacklist WHERE uid = ?", (BOB,)).fetchone()
+                    is not None
+                )
+
+        await until(listed, within=5)
+        applied_in = asyncio.get_running_loop().time() - started
+        outcome = await opening
+    assert applied_in < 1.5, f"the blacklist waited {applied_in:.2f}s behind the door"
+    assert (outcome.status, outcome.detail) == ("failed", "DOOR-01 did not answer")
