@@ -37,6 +37,7 @@ from central.core.attendance_rules import (
     Shift,
 )
 from central.core.effects import AuditEntry
+from central.core.tables import TableProblem, decode_text
 from central.operations import write_audit
 from protocol.messages import AnyRecord, AttendancePunch
 
@@ -311,7 +312,10 @@ def import_departments(conn: sqlite3.Connection, data: bytes, *, operator: str) 
     """Load a department tree from CSV (``id,name,parent``; UTF-8, with or without a BOM,
     or GB18030), parents before or after their children; all or nothing. Returns how many
     departments were written."""
-    text = _decode_text(data)
+    decoded = decode_text(data)
+    if isinstance(decoded, TableProblem):
+        raise AttendanceError(decoded.message)
+    text = decoded[0]
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in DEPARTMENT_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
@@ -354,15 +358,6 @@ def export_departments(conn: sqlite3.Connection) -> bytes:
     ):
         writer.writerow(row)
     return ("\ufeff" + out.getvalue()).encode()
-
-
-def _decode_text(data: bytes) -> str:
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise AttendanceError("the file is neither UTF-8 nor GB18030 text")
 
 
 def ancestors(conn: sqlite3.Connection, dept_id: str, *, include_self: bool = True) -> list[str]:

@@ -4,22 +4,15 @@ change goes to the sites through the feed and into the audit log."""
 
 from __future__ import annotations
 
-import getpass
-import os
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op
+from central.cli_common import DB_OPTION, run_op, who
 
-
-def _who() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
-
-
-OPERATOR = click.option("--operator", default=_who, show_default="login user")
+OPERATOR = click.option("--operator", default=who, show_default="login user")
 
 
 def _run(db_path: Path, op: Any) -> Any:

@@ -6,19 +6,13 @@ attendance zone (``settings`` key ``attendance.zone``, default Asia/Shanghai).
 
 from __future__ import annotations
 
-import getpass
-import os
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op
-
-
-def _who() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
+from central.cli_common import DB_OPTION, run_op, who
 
 
 def _run(db_path: Path, op: Any) -> Any:
@@ -86,7 +80,7 @@ def attendance() -> None:
 @click.option("--early-grace", type=int, default=0, show_default=True)
 @click.option("--overtime-after", type=int, default=30, show_default=True)
 @click.option("--overtime-unit", type=int, default=30, show_default=True)
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def shift_cmd(
     shift_id: str,
@@ -139,7 +133,7 @@ def shift_cmd(
 @click.option("--from", "start", callback=_day, required=True, help="first date")
 @click.option("--to", "end", callback=_day, help="last date (default: open-ended)")
 @click.option("--weekdays", help="e.g. 0,1,2,3,4 (Monday = 0; default: the calendar's workdays)")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def roster_cmd(
     shift_id: str,
@@ -175,7 +169,7 @@ def roster_cmd(
 @click.argument("day", callback=_day)
 @click.argument("kind", type=click.Choice(["holiday", "workday", "weekday"]))
 @click.option("--name", default="", help="e.g. 国庆节")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def calendar_cmd(day: date, kind: str, name: str, operator: str, db_path: Path) -> None:
     """Mark DAY a holiday, a swapped workday (调休), or back to its weekday's rule."""
@@ -196,7 +190,7 @@ def calendar_cmd(day: date, kind: str, name: str, operator: str, db_path: Path) 
 @click.argument("end")
 @click.option("--kind", default="leave", show_default=True, help="annual, sick, business …")
 @click.option("--note", default="")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def leave_cmd(
     person_id: str, start: str, end: str, kind: str, note: str, operator: str, db_path: Path
@@ -218,7 +212,7 @@ def leave_cmd(
 @click.argument("person_id")
 @click.argument("at")
 @click.option("--reason", required=True, help="why the punch is added (补卡 needs a reason)")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def punch_cmd(person_id: str, at: str, reason: str, operator: str, db_path: Path) -> None:
     """Add a punch by hand (补卡) for PERSON_ID at AT (ISO time)."""
@@ -282,7 +276,7 @@ def dept() -> None:
 @click.argument("dept_id")
 @click.argument("name")
 @click.option("--parent", help="the parent department's id")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path: Path) -> None:
     """Create, rename or move a department."""
@@ -294,7 +288,7 @@ def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path
 
 @dept.command("import")
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def dept_import(csv_file: Path, operator: str, db_path: Path) -> None:
     """Load a department tree (CSV: id,name,parent); all or nothing, audited."""

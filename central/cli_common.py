@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,14 @@ DB_OPTION = click.option(
     envvar="ONECARD_CENTRAL_DB",
     help="central's SQLite database",
 )
+
+
+def who() -> str:
+    """The operator a CLI command audits by default: the sudo caller, else the login user."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's bare uid)
+        return "cli"
 
 
 def run_op(db_path: Path, op: Any) -> Any:

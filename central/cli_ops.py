@@ -9,9 +9,7 @@ it), audited with the operator (``--operator``, default the login user) and sour
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -22,13 +20,9 @@ from zoneinfo import ZoneInfo
 import click
 import msgspec
 
-from central.cli_common import DB_OPTION, run_op
+from central.cli_common import DB_OPTION, run_op, who
 from central.core.amounts import parse_yuan
 from central.core.clearing import format_yuan
-
-
-def _who() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
 
 
 def _op_options(f: Any) -> Any:
@@ -36,7 +30,7 @@ def _op_options(f: Any) -> Any:
     f = click.option(
         "--request-id", help="idempotency key (retry with the same one: applied once)"
     )(f)
-    f = click.option("--operator", default=_who, show_default="login user")(f)
+    f = click.option("--operator", default=who, show_default="login user")(f)
     return DB_OPTION(f)
 
 
@@ -599,7 +593,7 @@ def _set_anomaly(db_path: Path, anomaly_id: int, state: Any, note: str, operator
 @anomaly.command("ack")
 @click.argument("anomaly_id", type=int)
 @click.option("--note", default="")
-@click.option("--operator", default=_who)
+@click.option("--operator", default=who)
 @DB_OPTION
 def anomaly_ack(anomaly_id: int, note: str, operator: str, db_path: Path) -> None:
     """Acknowledge: someone is on it."""
@@ -609,7 +603,7 @@ def anomaly_ack(anomaly_id: int, note: str, operator: str, db_path: Path) -> Non
 @anomaly.command("resolve")
 @click.argument("anomaly_id", type=int)
 @click.option("--note", required=True, help="what was done")
-@click.option("--operator", default=_who)
+@click.option("--operator", default=who)
 @DB_OPTION
 def anomaly_resolve(anomaly_id: int, note: str, operator: str, db_path: Path) -> None:
     """Resolve (final)."""
@@ -659,7 +653,7 @@ def settings_show(db_path: Path) -> None:
     metavar="NAME=DEPOSIT_YUAN",
     help="replace the card types (repeatable), e.g. --card-type standard=20",
 )
-@click.option("--operator", default=_who)
+@click.option("--operator", default=who)
 @DB_OPTION
 def settings_set(
     cancel_fee: int | None,
@@ -725,7 +719,7 @@ def token() -> None:
     type=click.Choice(["admin", "operator", "finance", "technician", "auditor"]),
     required=True,
 )
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def token_add(name: str, role: Any, operator: str, db_path: Path) -> None:
     """Create a token; it is printed once and never stored."""
@@ -751,7 +745,7 @@ def token_list(db_path: Path) -> None:
 
 @token.command("revoke")
 @click.argument("name")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def token_revoke(name: str, operator: str, db_path: Path) -> None:
     """Revoke a token at once."""
@@ -784,7 +778,7 @@ def import_group() -> None:
     "--timezone", default="Asia/Shanghai", show_default=True, help="for dates in the file"
 )
 @click.option("--json", "as_json", is_flag=True, help="the report as JSON")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def import_members(
     member_file: Path,
@@ -919,7 +913,7 @@ def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: Pat
 @click.option("--cutoff-hour", type=click.IntRange(0, 23),
               help="every site's business day starts at this local hour")  # fmt: skip
 @click.option("--timezone", help="HQ's time zone (its desk, and times typed at HQ)")
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def clearing_config(
     cutoff_hour: int | None, timezone: str | None, operator: str, db_path: Path
@@ -950,7 +944,7 @@ def clearing_config(
 @click.option("--grace-minutes", type=int, default=30, show_default=True)
 @click.option("--timezone", default="Asia/Shanghai", show_default=True)
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--operator", default=_who, show_default="login user")
+@click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def reconcile_command(
     statement: Path,

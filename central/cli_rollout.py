@@ -10,14 +10,13 @@ These only write central's database; ``onecard-central serve`` sends the command
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op
+from central.cli_common import DB_OPTION, run_op, who
 
 STORE_OPTION = click.option(
     "--store",
@@ -28,13 +27,6 @@ STORE_OPTION = click.option(
     envvar="ONECARD_RELEASE_STORE",
     help="central's release store (release publish)",
 )
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _run(db_path: Path, op: Any) -> Any:
@@ -108,7 +100,7 @@ def start(
             sites=chosen,
             stages=stages,
             canary=canary,
-            operator=_operator(),
+            operator=who(),
             timeout_s=timeout_s,
             at=datetime.now(UTC),
         ),
@@ -174,7 +166,7 @@ def pause(db_path: Path, rollout_id: str, note: str) -> None:
     """Send no more upgrade commands; sites already installing finish."""
     from central.core.rollout import Pause
 
-    _event(db_path, rollout_id, Pause(at=datetime.now(UTC), operator=_operator(), note=note))
+    _event(db_path, rollout_id, Pause(at=datetime.now(UTC), operator=who(), note=note))
 
 
 @rollout.command("resume")
@@ -184,7 +176,7 @@ def resume(db_path: Path, rollout_id: str) -> None:
     """Go on (the failures so far are acknowledged; the same number again pauses it)."""
     from central.core.rollout import Resume
 
-    _event(db_path, rollout_id, Resume(at=datetime.now(UTC), operator=_operator()))
+    _event(db_path, rollout_id, Resume(at=datetime.now(UTC), operator=who()))
 
 
 @rollout.command("abort")
@@ -195,7 +187,7 @@ def abort(db_path: Path, rollout_id: str, note: str) -> None:
     """Stop for good: nothing more is sent; sites keep the version they run."""
     from central.core.rollout import Abort
 
-    _event(db_path, rollout_id, Abort(at=datetime.now(UTC), operator=_operator(), note=note))
+    _event(db_path, rollout_id, Abort(at=datetime.now(UTC), operator=who(), note=note))
 
 
 @rollout.command("retry")
@@ -206,7 +198,7 @@ def retry(db_path: Path, rollout_id: str, sites: tuple[str, ...]) -> None:
     """Queue failed SITES again (a version rolled back on a site stays refused there)."""
     from central.core.rollout import Retry
 
-    _event(db_path, rollout_id, Retry(at=datetime.now(UTC), operator=_operator(), sites=sites))
+    _event(db_path, rollout_id, Retry(at=datetime.now(UTC), operator=who(), sites=sites))
 
 
 COMMANDS = (rollout,)

@@ -13,23 +13,16 @@ audited with the operator (``--operator``, default the login user) and source ``
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op
+from central.cli_common import DB_OPTION, run_op, who
 
-
-def _who() -> str:
-    return os.environ.get("SUDO_USER") or getpass.getuser()
-
-
-_OPERATOR = click.option("--operator", default=_who, show_default="login user")
+_OPERATOR = click.option("--operator", default=who, show_default="login user")
 _PASSWORD_FILE = click.option(
     "--password-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
