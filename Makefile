@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN := .venv/bin
 
-.PHONY: setup test demo bench lint format lock clean
+.PHONY: setup test demo bench lint format lock clean fuzz
 
 setup:
 	@scripts/bootstrap.sh
@@ -25,6 +25,18 @@ demo: setup
 ## bench: every benchmark in bench/; each ends with one `BENCH {json}` line
 bench: setup
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+## fuzz: every harness in fuzz/ under atheris for FUZZ_SECONDS each (default 60); the corpus
+##       in fuzz/corpus/ is read, new inputs go to a scratch folder, crashes to fuzz/artifacts/
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	@mkdir -p fuzz/artifacts; set -e; for harness in frames messages imports; do \
+		echo "== fuzz/fuzz_$$harness.py"; work=$$(mktemp -d); \
+		$(BIN)/python fuzz/fuzz_$$harness.py $$work fuzz/corpus/$$harness \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=fuzz/artifacts/$$harness- || { rm -rf $$work; exit 1; }; \
+		rm -rf $$work; \
+	done
 
 lint: setup
 	$(BIN)/ruff check .

@@ -37,7 +37,7 @@ from central.core import alerts as rules
 from central.core.effects import AuditEntry
 from central.operations import write_audit
 from central.queries import ConflictError, NotFoundError
-from protocol.messages import Health
+from protocol.messages import Health, TerminalHealth
 
 _json = msgspec.json.Encoder()
 _dict = msgspec.json.Decoder(dict[str, Any])
@@ -71,13 +71,13 @@ class Changes:
 
 def record_health(conn: sqlite3.Connection, site: str, health: Health, *, received_ms: int) -> None:
     """Keep a site's latest health report (the caller checked ``health.site == site``)."""
-    terminals = [{"id": t.id, "kind": t.kind, "online": t.online} for t in health.terminals]
+    terminals = [_terminal_health(t) for t in health.terminals]
     conn.execute(
         "INSERT INTO site_health (site, received_ms, at_ms, terminals, outbox_depth,"
-        " disk_free_bytes) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site) DO UPDATE SET"
-        " received_ms = excluded.received_ms, at_ms = excluded.at_ms,"
+        " disk_free_bytes, disk_state) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site) DO UPDATE"
+        " SET received_ms = excluded.received_ms, at_ms = excluded.at_ms,"
         " terminals = excluded.terminals, outbox_depth = excluded.outbox_depth,"
-        " disk_free_bytes = excluded.disk_free_bytes",
+        " disk_free_bytes = excluded.disk_free_bytes, disk_state = excluded.disk_state",
         (
             site,
             received_ms,
@@ -85,6 +85,7 @@ def record_health(conn: sqlite3.Connection, site: str, health: Health, *, receiv
             _json.encode(terminals).decode(),
             health.outbox_depth,
             health.disk_free_bytes,
+            health.disk_state,
         ),
     )
     conn.execute("UPDATE sites SET last_seen_ms = ? WHERE id = ?", (received_ms, site))
@@ -94,6 +95,19 @@ def record_health(conn: sqlite3.Connection, site: str, health: Health, *, receiv
             "UPDATE sites SET feed_version = ?, blacklist_version = ? WHERE id = ?",
             (health.feed_version, health.blacklist_version, site),
         )
+
+
+def _terminal_health(t: TerminalHealth) -> dict[str, Any]:
+    """What is kept of a terminal's health (the lag figures only for terminals that decide
+    locally, so the others' rows stay as they were)."""
+    out: dict[str, Any] = {"id": t.id, "kind": t.kind, "online": t.online}
+    if t.lists or t.records_missing:
+        out.update(
+            lists_behind=t.lists_behind,
+            lists_behind_s=t.lists_behind_s,
+            records_missing=t.records_missing,
+        )
+    return out
 
 
 # -- facts --------------------------------------------------------------------------------------
@@ -117,7 +131,8 @@ def site_facts(
     health = {
         row[0]: row[1:]
         for row in conn.execute(
-            "SELECT site, received_ms, at_ms, terminals, disk_free_bytes FROM site_health"
+            "SELECT site, received_ms, at_ms, terminals, disk_free_bytes, disk_state"
+            " FROM site_health"
         )
     }
     doors: dict[str, list[rules.DoorEventFact]] = {}
@@ -141,9 +156,9 @@ def site_facts(
     for sid, online, seen, state, epoch, feed, black in rows:
         birth = _birth(state)
         terminals = None
-        skew = disk = None
+        skew = disk = disk_state = None
         if sid in health:
-            received, at_ms, terms, disk = health[sid]
+            received, at_ms, terms, disk, disk_state = health[sid]
             terminals = _terminals(_decode_list(terms))
             skew = (at_ms - received) / 1000
         elif birth is not None:
@@ -161,6 +176,7 @@ def site_facts(
                 blacklist_behind=max(0, blacklist_head - black_known),
                 clock_skew_s=skew,
                 disk_free_bytes=disk,
+                disk_state=disk_state,
                 dead_letters=int(dead.get(sid, 0)),
                 door_events=tuple(doors.get(sid, ())),
             )
@@ -186,7 +202,14 @@ def _terminals(raw: Any) -> tuple[rules.TerminalFact, ...] | None:
     if not isinstance(raw, list):
         return None
     return tuple(
-        rules.TerminalFact(str(t["id"]), str(t.get("kind", "")), t.get("online") is True)
+        rules.TerminalFact(
+            str(t["id"]),
+            str(t.get("kind", "")),
+            t.get("online") is True,
+            lists_behind=int(t.get("lists_behind") or 0),
+            lists_behind_s=t.get("lists_behind_s"),
+            records_missing=int(t.get("records_missing") or 0),
+        )
         for t in raw
         if isinstance(t, dict) and "id" in t
     )

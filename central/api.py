@@ -158,11 +158,15 @@ class _Endpoints:
             fields = msgspec.json.decode(body, type=dict[str, Any])
         except msgspec.DecodeError as exc:
             raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_json", "the body is nested too deeply") from None
         fields.update(operator=who.name, source="hq:api")
         try:
             op: AnyRequest = _request_decoder.decode(msgspec.json.encode(fields))
         except msgspec.ValidationError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
+        except RecursionError:
+            raise ApiError(400, "invalid_request", "the body is nested too deeply") from None
         caller = operations.Caller(role=who.role, ip=who.ip)
         outcome = await self.store.run(lambda conn: operations.execute(conn, op, caller=caller))
         result = outcome.result
@@ -365,6 +369,8 @@ def _decode(body: bytes, kind: type[T]) -> T:
         return msgspec.json.decode(body, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "invalid_request", "the body is nested too deeply") from None
 
 
 class _AnomalyChange(msgspec.Struct, forbid_unknown_fields=True):

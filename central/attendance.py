@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -36,6 +36,7 @@ from central.core.attendance_rules import (
     Rules,
     Shift,
 )
+from central.core.clearing_export import encode_csv
 from central.core.effects import AuditEntry
 from central.core.tables import TableProblem, decode_text
 from central.operations import write_audit
@@ -534,13 +535,10 @@ def summary_row(member: Member | None, s: Summary) -> list[str | int]:
 
 def report_csv(report: MonthReport) -> bytes:
     """The month as CSV (UTF-8 with a BOM, so Excel opens the Chinese names right)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(SUMMARY_COLUMNS)
-    for person in report.people:
-        writer.writerow(summary_row(person.member, person.summary))
-    writer.writerow(summary_row(None, report.total))
-    return ("\ufeff" + out.getvalue()).encode()
+    rows = [summary_row(person.member, person.summary) for person in report.people]
+    rows.append(summary_row(None, report.total))
+    # a name such as "=HYPERLINK(…)" must reach Excel as text, never as a formula
+    return encode_csv(SUMMARY_COLUMNS, rows)
 
 
 def report_xlsx(report: MonthReport, tz: ZoneInfo) -> bytes:
@@ -581,9 +579,20 @@ def report_xlsx(report: MonthReport, tz: ZoneInfo) -> bytes:
                     d.overtime,
                 ]
             )
+    for ws in (sheet, days):
+        _text_cells_as_text(ws)
     buffer = io.BytesIO()
     book.save(buffer)
     return buffer.getvalue()
+
+
+def _text_cells_as_text(sheet: Any) -> None:
+    """openpyxl writes a string starting with "=" as a live formula: store every text cell
+    as a string cell (a name or shift id is data, never a formula)."""
+    for row in sheet.iter_rows():
+        for cell in row:
+            if isinstance(cell.value, str) and cell.data_type == "f":
+                cell.data_type = "s"
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ def check_config(config_path: Path) -> None:
         click.echo(f"  terminals.serial {url}")
     click.echo(f"  heartbeat_s     {config.terminals.heartbeat_s}")
     click.echo(f"  log             {config.log.level} ({config.log.format})")
+    for reader in config.osdp.readers:
+        key = "INSTALL MODE (no key)" if reader.install_mode else f"key {reader.scbk_file}"
+        click.echo(
+            f"  osdp reader     {reader.terminal} @ {reader.port} address {reader.address}, "
+            f"{reader.baud} baud, {key}"
+        )
 
 
 @main.command()
@@ -158,12 +164,27 @@ def status(config_path: Path, as_json: bool) -> None:
     click.echo(
         f"versions: feed {snapshot['feed_version']}  blacklist {snapshot['blacklist_version']}"
     )
+    disk = snapshot.get("disk")
+    if disk:
+        free = disk["free_bytes"]
+        left = "?" if free is None else f"{free / 2**20:.0f} MiB free"
+        line = f"disk: {disk['state']}  {left} (reserve {disk['reserve_bytes'] / 2**20:.0f} MiB)"
+        if disk["state"] != "ok":
+            line += f"  — PAYMENTS REFUSED ({disk['refused']} so far)"
+        if disk.get("fail_safe_unrecorded"):
+            line += f"  {disk['fail_safe_unrecorded']} fail-safe openings not yet written"
+        click.echo(line)
     click.echo("terminals:")
     for term in snapshot["terminals"]:
         state = "online " if term["online"] else "OFFLINE"
         seen = term.get("last_seen_age_s")
         when = "never seen" if seen is None else f"last seen {_age(seen)} ago"
-        click.echo(f"  {term['id']:<12} {term['kind']:<10} {state} {when}")
+        extra = ""
+        if term.get("lists_behind"):
+            extra += f"  LISTS BEHIND ({term['lists_behind']}, {_age(term['lists_behind_s'])})"
+        if term.get("records_missing"):
+            extra += f"  {term['records_missing']} records missing"
+        click.echo(f"  {term['id']:<12} {term['kind']:<10} {state} {when}{extra}")
     if not snapshot["terminals"]:
         click.echo("  (none registered — load a seed with terminals)")
     sys.exit(0)
@@ -430,3 +451,12 @@ def updater_adopt(config_path: Path) -> None:
         click.echo(f"{layout.current} -> releases/{version} (venv -> ../../venv)")
     else:
         click.echo(f"{layout.current} -> releases/{current_version(layout)} (already there)")
+
+
+from edge_agent.cli_desk import desk as _desk  # noqa: E402 - the group registers below
+
+main.add_command(_desk)
+
+from edge_agent.cli_osdp import osdp as _osdp  # noqa: E402 - the group registers below
+
+main.add_command(_osdp)

@@ -9,6 +9,7 @@ file, e.g. ``ONECARD_EDGE_TERMINALS_LISTEN=0.0.0.0:7701``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,11 +86,95 @@ class UpgradeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("upgrade.restart_command must not be empty")
 
 
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[store]``: the site database's disk (see edge_agent/diskguard.py)."""
+
+    #: Below this much free space (MiB) new money is refused (``disk_full``) while doors and
+    #: clocks go on in the reserve; an alert is raised; service resumes by itself.
+    reserve_mb: int = 64
+
+
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[metrics]``: the Prometheus ``/metrics`` listener (docs/monitoring.md)."""
 
     #: HOST:PORT, loopback by default; "" disables it.
     listen: str = "127.0.0.1:9310"
+
+
+class DeskConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[desk]``: the service desk's PC/SC reader and the daemon's local desk socket
+    (docs/edge-config.md; ``onecard-edge desk …`` talks to the daemon through it)."""
+
+    enabled: bool = False
+    #: The daemon's Unix socket for ``onecard-edge desk`` (mode 0660: the daemon's group).
+    socket: Path = Path("/run/onecard/desk.sock")
+    #: The PC/SC reader to use ("": the first one pcscd lists).
+    reader: str = ""
+    #: Who desk operations are recorded as ("": the login user running the command).
+    operator: str = ""
+    #: The terminal id the desk's records carry.
+    terminal_id: str = "DESK"
+    #: An issue central has acked but its feed has not confirmed after this long is undone
+    #: at this site (central refused it).
+    confirm_grace_s: int = 120
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z0-9][A-Z0-9_-]{0,31}", self.terminal_id):
+            raise ValueError(f"desk.terminal_id: {self.terminal_id!r} is not a terminal id")
+        if not 1 <= self.confirm_grace_s <= 86_400:
+            raise ValueError("desk.confirm_grace_s must be 1..86400")
+
+
+class OsdpReaderConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[osdp.readers]]`` entry: an OSDP door reader on an RS-485 bus."""
+
+    #: The registered terminal (kind "door") whose decisions and records this reader gets.
+    terminal: str
+    #: The serial port of the bus (e.g. /dev/onecard-osdp0); readers may share a port.
+    port: str
+    baud: int = 9600
+    #: The reader's OSDP address on the bus (0..126).
+    address: int = 0
+    #: The reader's Secure Channel Base Key: a file holding 32 hex digits (mode 0600).
+    scbk_file: Path | None = None
+    #: Run the reader without its key (provisioning only; logged loudly).
+    install_mode: bool = False
+    #: How long the relay stays on when access is granted (default: the door's open time).
+    open_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z0-9][A-Z0-9_-]{0,31}", self.terminal):
+            raise ValueError(f"osdp.readers.terminal: {self.terminal!r} is not a terminal id")
+        if self.baud not in (9600, 19200, 38400, 57600, 115200, 230400):
+            raise ValueError(f"osdp.readers.baud: {self.baud} is not an OSDP baud rate")
+        if not 0 <= self.address <= 126:
+            raise ValueError(f"osdp.readers.address: {self.address} is not 0..126")
+        if self.scbk_file is None and not self.install_mode:
+            raise ValueError(
+                f"osdp reader {self.terminal}: scbk_file is required "
+                "(or install_mode = true while provisioning it)"
+            )
+        if self.open_time_s is not None and not 0.5 <= self.open_time_s <= 25.5:
+            raise ValueError("osdp.readers.open_time_s must be 0.5..25.5")
+
+
+class OsdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[osdp]``: OSDP door readers the edge drives as control panel (docs/edge-config.md)."""
+
+    readers: list[OsdpReaderConfig] = []
+
+    def __post_init__(self) -> None:
+        bauds: dict[str, int] = {}
+        seen: set[tuple[str, int]] = set()
+        for reader in self.readers:
+            if bauds.setdefault(reader.port, reader.baud) != reader.baud:
+                raise ValueError(f"osdp: readers on {reader.port} must share one baud rate")
+            if (reader.port, reader.address) in seen:
+                raise ValueError(f"osdp: two readers at address {reader.address} on {reader.port}")
+            seen.add((reader.port, reader.address))
+        terminals = [reader.terminal for reader in self.readers]
+        if len(set(terminals)) != len(terminals):
+            raise ValueError("osdp: a terminal may have one reader only")
 
 
 class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,7 +186,10 @@ class EdgeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     upgrade: UpgradeConfig = msgspec.field(default_factory=UpgradeConfig)
+    desk: DeskConfig = msgspec.field(default_factory=DeskConfig)
+    osdp: OsdpConfig = msgspec.field(default_factory=OsdpConfig)
 
     @property
     def database(self) -> Path:
@@ -130,6 +218,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         "log": LogConfig,
         "metrics": MetricsConfig,
         "upgrade": UpgradeConfig,
+        "desk": DeskConfig,
+        "store": StoreConfig,
     }
     out: dict[str, Any] = {}
     for name, value in env.items():
@@ -146,7 +236,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             parsed = [v for v in value.split(",") if v]
         elif field == "restart_command":
             parsed = value.split()
-        elif field.endswith("_s"):
+        elif field == "enabled":
+            parsed = value.strip().lower() in {"1", "true", "yes", "on"}
+        elif field.endswith(("_s", "_mb")):
             parsed = int(value) if value.isdigit() else value
         out.setdefault(section, {})[field] = parsed
     return out
@@ -190,6 +282,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         config.metrics_address()
     except ValueError:
         raise ConfigError(f'{path}: metrics.listen must be HOST:PORT or ""') from None
+    if not 0 <= config.store.reserve_mb <= 1 << 20:
+        raise ConfigError(f"{path}: store.reserve_mb must be 0..1048576 (MiB)")
     if not 1 <= config.terminals.heartbeat_s <= 600:
         raise ConfigError(f"{path}: terminals.heartbeat_s must be 1..600")
     return config

@@ -191,11 +191,32 @@ class _EdgeCollector(Collector):
             sum(1 for t in terminals if t["online"]),
         )
         yield _gauge("onecard_edge_terminals", "Terminals registered at this site.", len(terminals))
+        refusals = CounterMetricFamily(
+            "onecard_edge_terminal_refusals",
+            "Terminal connections refused at authentication, by code (unknown_terminal, "
+            "auth_failed, unauthenticated): a forged or misconfigured terminal.",
+            labels=["code"],
+        )
+        for code, n in sorted(status.get("refused", {}).items()):
+            refusals.add_metric([code], n)
+        yield refusals
         yield _counter(
             "onecard_edge_dead_letters",
             "Payloads from terminals or HQ that were refused and kept.",
             self.dead_letters,
         )
+        disk = status.get("disk")
+        if disk:
+            yield _gauge(
+                "onecard_edge_disk_full",
+                "1 while the store's disk is below its reserve (payments refused) or full.",
+                int(disk["state"] != "ok"),
+            )
+            yield _counter(
+                "onecard_edge_disk_refusals",
+                "Sales and recharges refused because the disk was below its reserve.",
+                disk["refused"],
+            )
         if site is not None:
             offline = site.offline_since
             yield _gauge(
@@ -348,11 +369,22 @@ def health_message(site: str, status: dict[str, Any], disk_free: int | None) -> 
         site=site,
         at=datetime.now(UTC),
         terminals=[
-            TerminalHealth(id=t["id"], kind=t["kind"], online=t["online"])
+            TerminalHealth(
+                id=t["id"],
+                kind=t["kind"],
+                online=t["online"],
+                auth_failures=t.get("auth_failures", 0),
+                lists=t.get("lists", {}),
+                lists_behind=t.get("lists_behind", 0),
+                lists_behind_s=t.get("lists_behind_s"),
+                records_missing=t.get("records_missing", 0),
+                records_void=t.get("records_void", 0),
+            )
             for t in status["terminals"]
         ],
         outbox_depth=status["outbox_depth"],
         disk_free_bytes=disk_free,
+        disk_state=(status.get("disk") or {}).get("state"),
         feed_version=status["feed_version"],
         blacklist_version=status["blacklist_version"],
     )
@@ -372,9 +404,18 @@ async def report_health(
             try:
                 status = await site.status(registry, version=sync.version)
                 online = (
-                    *((t["id"], bool(t["online"])) for t in status["terminals"]),
+                    *(
+                        (
+                            t["id"],
+                            bool(t["online"]),
+                            t.get("lists_behind"),
+                            t.get("records_missing"),
+                        )
+                        for t in status["terminals"]
+                    ),
                     status["feed_version"],
                     status["blacklist_version"],
+                    (status.get("disk") or {}).get("state"),
                 )
                 if online != last or time.monotonic() - last_at >= HEALTH_EVERY_S:
                     free = await asyncio.to_thread(disk_free_bytes, data_dir)

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import structlog
 
 from edge_agent.adapters.mqtt_client import BrokerSettings
 from edge_agent.adapters.mqtt_sync import EdgeSync
+from edge_agent.adapters.osdp_panel import OsdpPanel, panels_for
 from edge_agent.adapters.sqlite_store import EdgeStore
 from edge_agent.adapters.systemd_notify import notify, watchdog_interval_s
 from edge_agent.adapters.terminal_server import (
@@ -32,6 +34,9 @@ from edge_agent.adapters.terminal_server import (
 from edge_agent.adapters.transport import open_stream, parse_endpoint
 from edge_agent.adapters.waiting import wait_event
 from edge_agent.config import EdgeConfig
+from edge_agent.desk import DeskService
+from edge_agent.diskguard import DiskGuard
+from edge_agent.lists import ListKeeper
 from edge_agent.logtail import LogTail
 from edge_agent.metrics import EdgeMetrics, MeteredSite, report_health, start_metrics_server
 from edge_agent.site import Site
@@ -61,6 +66,12 @@ class EdgeService:
     metrics: EdgeMetrics = field(default_factory=EdgeMetrics)
     #: The /metrics listener's port (None: disabled or could not bind).
     metrics_port: int | None = None
+    #: The service desk's socket server (None: ``[desk]`` not enabled).
+    desk: DeskService | None = None
+    #: One OSDP control panel per RS-485 port of ``[[osdp.readers]]``.
+    osdp: list[OsdpPanel] = field(default_factory=list)
+    #: Lists and records of terminals that decide locally (edge_agent.lists).
+    lists: ListKeeper | None = None
     _handler: MeteredSite | None = None
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
@@ -71,6 +82,7 @@ class EdgeService:
         async with EdgeStore.open(config.database, config.site) as store:
             site = Site(store, heartbeat_s=config.terminals.heartbeat_s)
             await site.load()
+            disk = watch_disk(config, site)
             self.site = site
             server = None
             sync = self._make_sync(store, site)
@@ -86,28 +98,20 @@ class EdgeService:
             self._handler = MeteredSite(site, self.metrics)
             self.metrics.bind(site, self.registry, sync, version=self.version)
             metrics_server = await self._start_metrics()
+            self.lists = ListKeeper(
+                store, terminal_kinds=lambda: {t.id: t.kind for t in site.terminals.values()}
+            )
+            site.on_lists = self.lists.poke
             async with asyncio.TaskGroup() as group:
-                if sync is not None:
-                    site.on_record = sync.poke
-                    group.create_task(sync.run(), name="sync")
-                    group.create_task(
-                        report_health(sync, self.registry, config.data_dir, self.stopping),
-                        name="health",
-                    )
-                if self.logtail is not None:
-                    group.create_task(self.logtail.run(), name="logtail")
-                if self.upgrades is not None:
-                    group.create_task(self.upgrades.run(), name="upgrades")
+                group.create_task(self.lists.run(self.stopping), name="lists")
+                self._background(group, site, sync, disk)
                 address = config.listen_address()
                 if address is not None:
                     server = await start_tcp_server(self._on_tcp, *address)
                     self.tcp_port = int(server.sockets[0].getsockname()[1])
                 for url in config.terminals.serial:
                     group.create_task(self._serve_serial(url), name=f"serial:{url}")
-                group.create_task(self._status_loop(site), name="status")
-                interval = watchdog_interval_s()
-                if interval is not None:
-                    group.create_task(self._watchdog(interval), name="watchdog")
+                await self._start_hardware(group, site, store)
                 log.info(
                     "edge.ready",
                     site=config.site,
@@ -126,6 +130,8 @@ class EdgeService:
                 if metrics_server is not None:
                     metrics_server.close()
                 await self._drain()
+                for panel in self.osdp:
+                    panel.stop()  # finishes the decision in hand, like a session
                 if self.logtail is not None:
                     await self.logtail.close()  # says "shutdown" to viewers while linked
                 if self.upgrades is not None:
@@ -137,6 +143,42 @@ class EdgeService:
     def stop(self) -> None:
         """Ask the daemon to stop (idempotent, callable from a signal handler)."""
         self.stopping.set()
+
+    async def _start_hardware(self, group: asyncio.TaskGroup, site: Site, store: EdgeStore) -> None:
+        """OSDP readers (one control panel per RS-485 port) and the service desk's socket:
+        listening before READY=1, like the terminal sessions."""
+        config = self.config
+        self.osdp = panels_for(config.osdp.readers, site, store)
+        for panel in self.osdp:
+            group.create_task(panel.run(), name=f"osdp:{panel.port}")
+            for reader in panel.readers:
+                # status and HQ's health see the reader as the panel sees it
+                self.registry.drivers[reader.terminal] = partial(panel.online, reader.terminal)
+        if config.desk.enabled:
+            self.desk = DeskService(site, config.desk)
+            await self.desk.start()
+            group.create_task(self.desk.run(self.stopping), name="desk")
+
+    def _background(
+        self, group: asyncio.TaskGroup, site: Site, sync: EdgeSync | None, disk: DiskGuard
+    ) -> None:
+        """Start the daemon's background tasks (they end when ``stopping`` is set)."""
+        if sync is not None:
+            site.on_record = sync.poke
+            group.create_task(sync.run(), name="sync")
+            group.create_task(
+                report_health(sync, self.registry, self.config.data_dir, self.stopping),
+                name="health",
+            )
+        if self.logtail is not None:
+            group.create_task(self.logtail.run(), name="logtail")
+        if self.upgrades is not None:
+            group.create_task(self.upgrades.run(), name="upgrades")
+        group.create_task(self._status_loop(site), name="status")
+        group.create_task(disk.run(self.stopping), name="disk")
+        interval = watchdog_interval_s()
+        if interval is not None:
+            group.create_task(self._watchdog(interval), name="watchdog")
 
     async def _start_metrics(self) -> asyncio.Server | None:
         address = self.config.metrics_address()
@@ -188,7 +230,7 @@ class EdgeService:
             writer.close()
             return None
         handler = self._handler or self.site
-        session = TerminalSession(reader, writer, handler, peer, self.registry)
+        session = TerminalSession(reader, writer, handler, peer, self.registry, lists=self.lists)
         task = asyncio.get_running_loop().create_task(session.run(), name=f"session:{peer}")
         self._sessions.add(task)
         self._session_objs[task] = session
@@ -282,3 +324,18 @@ def read_status(config: EdgeConfig) -> dict[str, Any] | None:
     except (FileNotFoundError, msgspec.DecodeError):
         return None
     return result
+
+
+def watch_disk(config: EdgeConfig, site: Site) -> DiskGuard:
+    """The guard of the store's disk, attached to ``site``: money refused below the reserve,
+    fail-safe openings written when space returns (edge_agent/diskguard.py)."""
+    disk = DiskGuard(config.data_dir, config.store.reserve_mb << 20)
+
+    def changed(state: str) -> None:
+        if state == "ok":
+            site.flush_deferred_soon()
+
+    disk.on_change.append(changed)
+    disk.sample()
+    site.disk = disk
+    return disk

@@ -16,13 +16,14 @@ The reply leaves only after the transaction commits (brief, invariant 1).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -43,7 +44,7 @@ from edge_agent.core.purchase import (
     decide_purchase,
 )
 from edge_agent.core.purses import Purses
-from edge_agent.core.reasons import Reason
+from edge_agent.core.reasons import REASON_TEXT, Reason
 from edge_agent.core.recharge import (
     CommitFacts,
     PrepareFacts,
@@ -60,12 +61,17 @@ from edge_agent.core.sitetime import (
     meal_period_bounds,
     site_zone,
 )
+from edge_agent.diskguard import DiskGuard, is_disk_full
+from edge_agent.lists import list_status
 from protocol import messages as rec
 from protocol import terminal as msg
 from protocol.auth import parse_key
 from protocol.framing import FrameType
 
 log = structlog.get_logger("edge.site")
+
+#: Fail-safe door openings held in memory while the store cannot record them.
+MAX_DEFERRED = 10_000
 
 _policy_decoder = msgspec.json.Decoder(SitePolicy)
 _config_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -98,6 +104,18 @@ class Site:
     taps: int = 0
     #: Called after each committed request (the sync uplink wakes on it).
     on_record: Callable[[], None] | None = None
+    #: Called when the blacklist or master data changed (lists are pushed to terminals that
+    #: decide locally, edge_agent.lists).
+    on_lists: Callable[[], None] | None = None
+    #: The store's disk (None: not watched — tests, tools). See :mod:`edge_agent.diskguard`.
+    disk: DiskGuard | None = None
+    #: Fail-safe door openings the store could not record yet: (terminal, tap, time, reply),
+    #: written as soon as the store takes writes again.
+    deferred: list[tuple[RegisteredTerminal, msg.Tap, datetime, msg.Decision]] = field(
+        default_factory=list
+    )
+    #: Fail-safe openings dropped because :data:`MAX_DEFERRED` were already waiting.
+    deferred_dropped: int = 0
 
     def __post_init__(self) -> None:
         self.policy = SitePolicy(site=self.store.site)
@@ -164,19 +182,166 @@ class Site:
             op = partial(self._once, terminal, body, now)
         else:
             return msg.Error(code="unsupported", message=f"{type(body).__name__} not accepted")
+        quick = not isinstance(body, msg.RecordUpload)
+        disk = self.disk
+        if disk is not None and not disk.money_ok and _takes_money(terminal, body):
+            # Refused before the store is touched: no payment is taken that might not be
+            # recorded (a recharge already prepared may still commit: its money was taken).
+            return await self._refuse_for_disk(terminal, body)
         try:
             # A tap, a recharge phase or an event is a handful of indexed statements: quick
             # (run on the event loop, see sqlite_store). An upload of buffered records may be
             # long: it runs on the writer thread.
-            reply = await self.store.run(op, quick=not isinstance(body, msg.RecordUpload))
-        except Exception as exc:
-            log.exception("request.failed", terminal=terminal.id, error=repr(exc))
-            return _failure(body)
+            reply = await self.store.run(op, quick=quick)
+        except Exception as exc:  # noqa: BLE001 - rolled back; the terminal gets a clear answer
+            return await self._not_recorded(terminal, body, op, exc)
+        if self.deferred:
+            self.flush_deferred_soon()
         self.taps += 1
         if self.on_record is not None:
             self.on_record()
         self._log(terminal, body, reply, (time.perf_counter() - started) * 1000)
         return reply
+
+    # -- when the store cannot record ---------------------------------------------------------
+
+    async def _refuse_for_disk(self, terminal: Any, body: Any) -> msg.Body:
+        """A money request while the disk is below its reserve: the original answer if the
+        request was recorded before (a retransmission), else ``disk_full``; nothing written."""
+        rows = await self.store.read(
+            "SELECT frame_type, reply FROM terminal_txns WHERE terminal_id = ? AND term_rec = ?",
+            (terminal.id, body.rec),
+        )
+        if rows and rows[0][0] == int(msg.FRAME_TYPES[type(body)]):
+            return _replay(rows[0][0], rows[0][1])
+        if self.disk is not None:
+            self.disk.refused += 1
+        log.warning("request.refused_disk", terminal=terminal.id, rec=body.rec)
+        return _disk_full(body)
+
+    async def _not_recorded(
+        self,
+        terminal: Any,
+        body: msg.Body,
+        op: Callable[[sqlite3.Connection], msg.Body],
+        exc: Exception,
+    ) -> msg.Body:
+        """The store could not commit ``body``'s record (rolled back: nothing half-written).
+        A door follows its group's ``fail_mode``; anything else gets a clear refusal."""
+        full = is_disk_full(exc)
+        if full and self.disk is not None:
+            self.disk.mark_full()
+        log.error(
+            "request.not_recorded",
+            terminal=terminal.id,
+            request=type(body).__name__,
+            disk_full=full,
+            error=repr(exc),
+        )
+        if isinstance(body, msg.Tap) and terminal.kind == "door":
+            return await self._door_fail_mode(terminal, body, op, full)
+        return _disk_full(body) if full else _failure(body)
+
+    async def _door_fail_mode(
+        self,
+        terminal: RegisteredTerminal,
+        tap: msg.Tap,
+        op: Callable[[sqlite3.Connection], msg.Body],
+        full: bool,
+    ) -> msg.Body:
+        """``secure``: the door stays shut. ``safe``: it opens for a card it would have let
+        in — decided on a rolled-back transaction, so a blacklisted card stays out — and the
+        record is written once the store takes writes again. If even that cannot decide
+        (the database unreadable), a ``safe`` door opens: that is what fail-safe means."""
+        rows = await self._read_quietly(
+            "SELECT g.fail_mode FROM doors d JOIN door_groups g ON g.id = d.group_id"
+            " WHERE d.terminal_id = ? AND (? IS NULL OR d.id = ?) LIMIT 1",
+            (terminal.id, tap.door, tap.door),
+        )
+        if not rows or rows[0][0] != "safe":
+            return _disk_full(tap) if full else _failure(tap)
+        try:
+            reply = await self.store.run(op, quick=True, dry=True)
+        except Exception as exc:
+            log.exception("door.fail_safe_open", terminal=terminal.id, rec=tap.rec, error=repr(exc))
+            reply = _decision(
+                tap.rec, True, Reason.FAIL_SAFE.value, REASON_TEXT[Reason.FAIL_SAFE].zh
+            )
+        if isinstance(reply, msg.Decision) and reply.ok:
+            if len(self.deferred) < MAX_DEFERRED:
+                self.deferred.append((terminal, tap, self.clock(), reply))
+            else:
+                self.deferred_dropped += 1
+                log.error("door.fail_safe_not_kept", terminal=terminal.id, rec=tap.rec)
+        return reply
+
+    async def _read_quietly(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return await self.store.read(sql, params)
+        except Exception as exc:
+            log.exception("store.read_failed", error=repr(exc))
+            return []
+
+    def flush_deferred_soon(self) -> None:
+        """Write the fail-safe openings held in memory (once; a no-op while one is running)."""
+        task = getattr(self, "_flush_task", None)
+        if task is None or task.done():
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_deferred())
+
+    async def _flush_deferred(self) -> None:
+        while self.deferred:
+            terminal, tap, at, reply = self.deferred[0]
+            try:
+                await self.store.run(
+                    partial(self._record_fail_safe, terminal, tap, at, reply), quick=True
+                )
+            except Exception as exc:  # noqa: BLE001 - kept; tried again after the next commit
+                log.warning("door.fail_safe_pending", left=len(self.deferred), error=repr(exc))
+                return
+            self.deferred.pop(0)
+            if self.on_record is not None:
+                self.on_record()
+        log.info("door.fail_safe_recorded")
+
+    def _record_fail_safe(
+        self,
+        terminal: RegisteredTerminal,
+        tap: msg.Tap,
+        now: datetime,
+        reply: msg.Decision,
+        conn: sqlite3.Connection,
+    ) -> None:
+        seen = conn.execute(
+            "SELECT 1 FROM terminal_txns WHERE terminal_id = ? AND term_rec = ?",
+            (terminal.id, tap.rec),
+        ).fetchone()
+        if seen is not None:
+            return
+        door_row = facts.door_for_terminal(conn, terminal.id, tap.door)
+        door_id = door_row[0].id if door_row else (tap.door or "-")
+        direction = door_row[0].direction if door_row else None
+        record = self._append(
+            conn,
+            terminal,
+            tap.time_ms,
+            now,
+            partial(
+                rec.DoorAccess,
+                door=door_id,
+                direction=direction,
+                granted=True,
+                reason="fail_safe",
+                blacklist_version=facts.blacklist_version(conn),
+            ),
+            lane=1,
+            term_rec=tap.rec,
+            card_uid=tap.uid,
+        )
+        conn.execute(
+            "INSERT INTO terminal_txns (terminal_id, term_rec, frame_type, record_id, reply,"
+            " created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (terminal.id, tap.rec, int(FrameType.TAP), record.id, _encoder.encode(reply), _ms(now)),
+        )
 
     def _log(self, terminal: Any, body: msg.Body, reply: msg.Body, latency_ms: float) -> None:
         # The canonical line: one per request, with the ids bound (card UIDs are masked).
@@ -620,6 +785,25 @@ class Site:
             lambda conn: self._append(conn, terminal, at_ms, now, make, lane=1), quick=True
         )
 
+    async def record_event(
+        self,
+        terminal_id: str,
+        event: Literal["online", "offline", "auth_failed", "tamper", "power_fail", "reader_fault"],
+        *,
+        door: str | None = None,
+        detail: str = "",
+    ) -> None:
+        """Record a ``terminal.event`` the edge saw itself (an OSDP reader going online or
+        offline, its secure channel refused): no terminal record number, nothing to answer."""
+        terminal = self.terminals[terminal_id]
+        now = self.clock()
+        make = partial(rec.TerminalEvent, event=event, door=door, detail=detail[:200])
+        await self.store.run(
+            lambda conn: self._append(conn, terminal, _ms(now), now, make, lane=1), quick=True
+        )
+        if self.on_record is not None:
+            self.on_record()
+
     async def status(self, registry: TerminalRegistry, *, version: str) -> dict[str, Any]:
         """A snapshot for ``onecard-edge status`` and the birth message."""
 
@@ -635,6 +819,7 @@ class Site:
             "blacklist_version": int(meta.get("blacklist_version", 0)),
         }
         now = time.time()
+        smart = await list_status(self.store, int(now * 1000))
         terminals = []
         for tid, term in sorted(self.terminals.items()):
             seen = registry.last_seen_wall.get(tid)
@@ -644,6 +829,8 @@ class Site:
                     "kind": term.kind,
                     "online": registry.online(tid, heartbeat_s=self.heartbeat_s),
                     "last_seen_age_s": None if seen is None else round(now - seen, 1),
+                    "auth_failures": registry.auth_failures.get(tid, 0),
+                    **smart.get(tid, {}),
                 }
             )
         return {
@@ -652,7 +839,17 @@ class Site:
             "epoch": self.store.epoch,
             "outbox_oldest_age_s": None if oldest is None else max(0.0, now - oldest / 1000),
             "terminals": terminals,
+            "refused": dict(registry.refused),
             "taps": self.taps,
+            "disk": None
+            if self.disk is None
+            else {
+                "state": self.disk.state,
+                "free_bytes": self.disk.free,
+                "reserve_bytes": self.disk.reserve_bytes,
+                "refused": self.disk.refused,
+                "fail_safe_unrecorded": len(self.deferred),
+            },
             **db,
         }
 
@@ -686,6 +883,23 @@ def _recharge_reply(body: Any, balance: int | None, code: str, display: str) -> 
     return msg.RechargeResult(
         rec=body.rec, pay_ref=body.pay_ref, ok=False, code=code, display=display, balance=balance
     )
+
+
+def _takes_money(terminal: Any, body: msg.Body) -> bool:
+    """A request that would take a new payment: a sale or ticket use, a recharge prepare."""
+    return isinstance(body, msg.RechargePrepare) or (
+        isinstance(body, msg.Tap) and terminal.kind == "pos"
+    )
+
+
+def _disk_full(body: msg.Body) -> msg.Body:
+    """The answer when the disk is too full to record ``body``: nothing happened."""
+    display = REASON_TEXT[Reason.DISK_FULL].zh
+    if isinstance(body, msg.Tap):
+        return _decision(body.rec, False, Reason.DISK_FULL.value, display)
+    if isinstance(body, msg.RechargePrepare | msg.RechargeCommit | msg.RechargeAbort):
+        return _recharge_reply(body, None, Reason.DISK_FULL.value, display)
+    return msg.Error(code="disk_full", message="edge storage full: not recorded, send again later")
 
 
 def _failure(body: msg.Body) -> msg.Body:

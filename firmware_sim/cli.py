@@ -127,6 +127,12 @@ async def _act(terminal: Terminal, spec: str) -> Outcome:
     default=False,
     help="after the taps, stay connected (heartbeats, reconnects) until Ctrl-C",
 )
+@click.option(
+    "--smart/--no-smart",
+    default=False,
+    help="door/attendance: decide every card locally from the lists the edge pushes, "
+    "buffer and upload the records (智能终端)",
+)
 def terminal(
     kind: str,
     connect: str,
@@ -135,6 +141,7 @@ def terminal(
     state_file: Path | None,
     taps: tuple[str, ...],
     stay: bool,
+    smart: bool,
 ) -> None:
     """Run one simulated terminal: connect, authenticate, present cards, show the display.
 
@@ -143,7 +150,11 @@ def terminal(
       onecard-sim terminal --kind pos --connect tcp://127.0.0.1:7700 \\
           --id POS-01 --key-file POS-01.key --tap 04A1B2C3D4E5F6:1250
     """
-    settings = TerminalSettings(terminal_id, _read_key(key_file), connect, state_file=state_file)
+    if smart and kind not in ("door", "attendance"):
+        raise click.BadParameter("only door readers and attendance clocks decide locally")
+    settings = TerminalSettings(
+        terminal_id, _read_key(key_file), connect, state_file=state_file, smart=smart
+    )
     sim = KINDS[kind](settings, on_display=_print_display)
 
     async def run() -> int:
@@ -159,6 +170,8 @@ def terminal(
                 f"[{terminal_id}] rec={outcome.rec} {outcome.code} ({outcome.latency_ms:.1f} ms)"
             )
             failures += not outcome.ok
+        if sim.smart:
+            await sim.upload_buffered()  # the records of the taps above reach the edge
         if stay:
             await sim.close()
             stop = asyncio.Event()

@@ -6,17 +6,26 @@ sends heartbeats, numbers every transaction with a persisted record number, retr
 on timeout, obeys TIME/CONFIG/LIST_UPDATE, and shows on :attr:`Terminal.display` what a real
 screen would show. Door readers and attendance clocks keep working when the link is cut:
 they decide from their local list and upload the buffered records when it returns.
+
+In **smart** mode (``TerminalSettings.smart``, 智能终端) a door reader or clock decides every
+card on its own from the lists the edge pushes (blacklist, and whitelist per door), names
+them in HELLO, buffers every record, uploads them within a second (and after each WELCOME,
+once a first HEARTBEAT has let the edge bring its lists up to date), and keeps a journal of
+its recent records to answer the edge's RECORD_REQUEST for numbers it found missing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+import msgspec
 
 from edge_agent.adapters.transport import open_stream, parse_endpoint
 from edge_agent.adapters.waiting import wait_event
@@ -47,6 +56,8 @@ from protocol.terminal import (
     RechargeCommit,
     RechargePrepare,
     RechargeResult,
+    RecordReply,
+    RecordRequest,
     RecordUpload,
     Tap,
     TerminalKind,
@@ -68,6 +79,32 @@ class TerminalSettings:
     state_file: Path | None = None
     retry_s: float = 1.0
     retries: int = 3
+    #: Decide every card locally from pushed lists (door readers and clocks only).
+    smart: bool = False
+    #: Smart mode: upload buffered records at least this often while linked.
+    upload_every_s: float = 1.0
+    #: Smart mode: recent records kept to answer RECORD_REQUEST.
+    journal: int = 1000
+
+
+class SmartState(msgspec.Struct, kw_only=True):
+    """What a smart terminal keeps beside its basic state: whitelists per door ("" for a
+    terminal with one list) with their versions, and its journal of recent records."""
+
+    whitelists: dict[str, list[str]] = {}
+    whitelist_versions: dict[str, int] = {}
+    journal: list[BufferedRecord] = []
+
+
+def _save_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +136,10 @@ class TerminalCounters:
     link_failures: int = 0
     local_decisions: int = 0
     uploaded: int = 0
+    #: Smart mode: LIST_UPDATEs applied, version-gap NAKs, RECORD_REQUESTs answered.
+    list_updates: int = 0
+    version_gaps: int = 0
+    record_requests: int = 0
 
 
 class Terminal:
@@ -126,6 +167,15 @@ class Terminal:
         self._link: FrameLink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._authenticated = False
+        self.smart = settings.smart and self.decides_offline
+        self._smart_path = (
+            None
+            if settings.state_file is None
+            else settings.state_file.with_suffix(settings.state_file.suffix + ".lists")
+        )
+        self.lists = self._load_smart()
+        self._upload_lock = asyncio.Lock()
+        self._upload_wake = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,7 +210,13 @@ class Terminal:
             await self.close()
             raise
         self.counters.connects += 1
+        if self.smart:
+            # The edge answers only once it has brought our lists up to date: a card
+            # blacklisted while we were cut off is refused from here on.
+            await link.request(self._heartbeat())
         self._tasks.append(asyncio.create_task(self._heartbeats(link), name=f"{self.id}-hb"))
+        if self.smart:
+            self._tasks.append(asyncio.create_task(self._uploader(link), name=f"{self.id}-up"))
         self.show(self.idle_text())
         await self.upload_buffered()
         await self.on_connected()
@@ -216,6 +272,7 @@ class Terminal:
             firmware=self.settings.firmware,
             nonce=nonce_t,
             last_rec=self.store.state.next_rec - 1,
+            lists=["blacklist", "whitelist"] if self.smart else msgspec.UNSET,
         )
         challenge = await link.request(hello)
         if not isinstance(challenge, Challenge):
@@ -232,13 +289,13 @@ class Terminal:
         self.config = dict(welcome.config)
         self._authenticated = True
 
+    def _heartbeat(self) -> Heartbeat:
+        return Heartbeat(time_ms=self.now_ms(), buffered=len(self.store.state.buffered))
+
     async def _heartbeats(self, link: FrameLink) -> None:
         while not link.closed:
             await asyncio.sleep(self.heartbeat_s)
-            beat = Heartbeat(
-                time_ms=self.now_ms(),
-                buffered=len(self.store.state.buffered),
-            )
+            beat = self._heartbeat()
             try:
                 await link.request(beat)
             except (*LINK_ERRORS, PeerError, ProtocolError):
@@ -258,10 +315,14 @@ class Terminal:
             return Ack()
         if isinstance(body, ListUpdate):
             return self._apply_list(body)
+        if isinstance(body, RecordRequest) and self.smart:
+            return self._records_for(body)
         return Error(code="unsupported", message=f"{type(body).__name__} not supported")
 
     def _apply_list(self, update: ListUpdate) -> Ack:
         state = self.store.state
+        if update.kind == "whitelist" and self.smart:
+            return self._apply_whitelist(update)
         if update.kind != "blacklist":
             return Ack(ok=False, code="unsupported")
         if update.version == state.blacklist_version and not update.full:
@@ -269,13 +330,88 @@ class Terminal:
         if update.full:
             state.blacklist = sorted(set(update.add))
         elif update.prev_version != state.blacklist_version:
+            self.counters.version_gaps += 1
             return Ack(ok=False, code="version_gap")
         else:
             current = set(state.blacklist) | set(update.add)
             state.blacklist = sorted(current - set(update.remove))
         state.blacklist_version = update.version
         self.store.save()
+        self.counters.list_updates += 1
         return Ack()
+
+    def _apply_whitelist(self, update: ListUpdate) -> Ack:
+        door = update.door if isinstance(update.door, str) else ""
+        version = self.lists.whitelist_versions.get(door, 0)
+        if update.version == version and not update.full:
+            return Ack()  # a retransmission
+        if update.full:
+            uids = set(update.add)
+        elif update.prev_version != version:
+            self.counters.version_gaps += 1
+            return Ack(ok=False, code="version_gap")
+        else:
+            uids = (set(self.lists.whitelists.get(door, [])) | set(update.add)) - set(update.remove)
+        self.lists.whitelists[door] = sorted(uids)
+        self.lists.whitelist_versions[door] = update.version
+        self._save_smart()
+        self.counters.list_updates += 1
+        return Ack()
+
+    def _records_for(self, request: RecordRequest) -> RecordReply:
+        """The records of the range still held (buffered or in the journal), oldest first."""
+        self.counters.record_requests += 1
+        held = {r.rec: r for r in self.lists.journal}
+        held.update((r.rec, r) for r in self.store.state.buffered)
+        wanted = range(request.from_rec, request.to_rec + 1)
+        return RecordReply(records=[held[n] for n in wanted if n in held])
+
+    def _load_smart(self) -> SmartState:
+        path = self._smart_path
+        if path is None or not path.exists():
+            return SmartState()
+        return msgspec.json.decode(path.read_bytes(), type=SmartState)
+
+    def _save_smart(self) -> None:
+        if self._smart_path is not None:
+            _save_atomic(self._smart_path, msgspec.json.encode(self.lists))
+
+    def _buffer(self, record: BufferedRecord) -> None:
+        """Keep a record for upload (and, in smart mode, in the journal), persisted."""
+        self.store.state.buffered.append(record)
+        self.store.save()
+        if self.smart:
+            self.lists.journal = [*self.lists.journal, record][-self.settings.journal :]
+            self._save_smart()
+            self._upload_wake.set()
+
+    def local_grant(self, uid: str, door: str | None) -> bool:
+        """A local decision: not on the blacklist and, once a whitelist is held for the
+        door (or the terminal's only one), on it."""
+        if uid in set(self.store.state.blacklist):
+            return False
+        lists = self.lists.whitelists
+        key = door or ""
+        if key not in lists and door is None and len(lists) == 1:
+            key = next(iter(lists))  # a reader with one door: its door's list
+        if key in lists and self.lists.whitelist_versions.get(key, 0) > 0:
+            return uid in set(lists[key])
+        return True
+
+    def drop_buffered(self, recs: set[int]) -> None:
+        """Test hook: lose these buffered records (a bad flash page) but keep them in the
+        journal, as a terminal whose upload queue was corrupted would."""
+        self.store.state.buffered = [r for r in self.store.state.buffered if r.rec not in recs]
+        self.store.save()
+
+    async def _uploader(self, link: FrameLink) -> None:
+        """Smart mode: upload buffered records as they come, and at least every
+        ``upload_every_s`` while linked."""
+        while not link.closed:
+            await wait_event(self._upload_wake, self.settings.upload_every_s)
+            self._upload_wake.clear()
+            if self.store.state.buffered:
+                await self.upload_buffered()
 
     def _set_clock(self, edge_ms: int) -> None:
         # A real terminal sets its RTC; the simulator keeps an offset (plus any injected skew).
@@ -305,6 +441,8 @@ class Terminal:
     async def tap_card(self, tap: Tap) -> Outcome:
         """Send a TAP and show the DECISION; fall back to a local decision if cut off."""
         started = time.perf_counter()
+        if self.smart:
+            return self._decide_smart(tap, started)
         try:
             reply = await self._transact(tap)
         except LINK_ERRORS:
@@ -326,13 +464,37 @@ class Terminal:
             open_ms=reply.open_ms,
         )
 
+    def _decide_smart(self, tap: Tap, started: float) -> Outcome:
+        """Smart mode: every card is decided here, online or not, and buffered."""
+        granted = self.local_grant(tap.uid, tap.door)
+        self._buffer(
+            BufferedRecord(
+                rec=tap.rec,
+                time_ms=tap.time_ms,
+                what="tap",
+                uid=tap.uid,
+                granted=granted,
+                door=tap.door,
+                punch=tap.punch,
+            )
+        )
+        self.counters.local_decisions += 1
+        text = self.smart_text(granted) if self.online else self.offline_text(granted)
+        self.show(text)
+        code = "ok" if granted else "not_allowed"
+        return Outcome(tap.rec, granted, code, text, _ms(started), local=True)
+
+    def smart_text(self, granted: bool) -> str:
+        """Display text for a local decision while linked."""
+        return "请通行" if granted else "禁止通行"
+
     def _decide_locally(self, tap: Tap, started: float) -> Outcome:
         self.counters.link_failures += 1
         if not self.decides_offline:
             self.show("网络故障 请稍后再试")
             return Outcome(tap.rec, False, "link_down", self.display, _ms(started))
-        granted = tap.uid not in set(self.store.state.blacklist)
-        self.store.state.buffered.append(
+        granted = self.local_grant(tap.uid, tap.door)
+        self._buffer(
             BufferedRecord(
                 rec=tap.rec,
                 time_ms=tap.time_ms,
@@ -342,7 +504,6 @@ class Terminal:
                 door=tap.door,
             )
         )
-        self.store.save()
         self.counters.local_decisions += 1
         text = self.offline_text(granted)
         self.show(text)
@@ -355,6 +516,10 @@ class Terminal:
 
     async def upload_buffered(self) -> int:
         """Upload records decided while cut off; returns how many the edge accepted."""
+        async with self._upload_lock:
+            return await self._upload()
+
+    async def _upload(self) -> int:
         state = self.store.state
         uploaded = 0
         while state.buffered and self.online:
@@ -382,10 +547,9 @@ class Terminal:
         try:
             reply = await self._transact(body)
         except LINK_ERRORS:
-            self.store.state.buffered.append(
+            self._buffer(
                 BufferedRecord(rec=rec, time_ms=body.time_ms, what="event", event=event, door=door)
             )
-            self.store.save()
             return False
         return isinstance(reply, Ack) and reply.ok
 
@@ -423,6 +587,10 @@ class AttendanceClock(Terminal):
     def offline_text(self, granted: bool) -> str:
         """Attendance takes every punch offline; HQ sorts them out later."""
         return "打卡已记录(离线)" if granted else "卡已挂失"
+
+    def smart_text(self, granted: bool) -> str:
+        """A punch decided by the clock itself."""
+        return "打卡已记录" if granted else "无效卡"
 
     async def punch(self, uid: str, *, punch: str | None = None) -> Outcome:
         """Present card ``uid`` (optionally choosing the in/out key first)."""

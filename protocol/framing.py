@@ -57,6 +57,8 @@ class FrameType(enum.IntEnum):
     LIST_UPDATE = 0x42  # E→T  request; reply ACK
     RECORD_UPLOAD = 0x43  # T→E  request; reply ACK
     DOOR_OPEN = 0x44  # E→T  request; reply ACK
+    RECORD_REQUEST = 0x45  # E→T  request; reply RECORD_REPLY
+    RECORD_REPLY = 0x46  # T→E
     ACK = 0x7E  # either way, reply
     ERROR = 0x7F  # either way, reply
 

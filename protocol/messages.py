@@ -404,6 +404,14 @@ class TerminalHealth(Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     frames_out: Count = 0
     frame_errors: Count = 0
     auth_failures: Count = 0
+    #: A terminal that decides locally (docs/terminal-protocol.md 15.1): the version of each
+    #: list it acknowledged (the edge's chain for that terminal), how many lists differ from
+    #: the site's and for how long, and record numbers missing (asked for again) or void.
+    lists: dict[Annotated[str, Meta(max_length=80)], Annotated[int, Meta(ge=0)]] = {}
+    lists_behind: Count = 0
+    lists_behind_s: Annotated[float, Meta(ge=0)] | None = None
+    records_missing: Count = 0
+    records_void: Count = 0
 
     def __post_init__(self) -> None:
         _require_utc(last_seen=self.last_seen)
@@ -417,6 +425,9 @@ class Health(Message, kw_only=True, frozen=True):
     terminals: list[TerminalHealth] = []
     outbox_depth: Count = 0
     disk_free_bytes: Annotated[int, Meta(ge=0)] | None = None
+    #: ``ok``; ``low``: below the edge's reserve, new money refused; ``full``: nothing can
+    #: be recorded (doors follow their fail mode). None: an edge that does not say.
+    disk_state: Literal["ok", "low", "full"] | None = None
     #: What the edge has applied (the birth message says it only at connect, before the
     #: snapshot and the deltas that follow): HQ's lag figures come from here.
     feed_version: Version | None = None

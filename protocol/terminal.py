@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from protocol.errors import MessageError
 from protocol.framing import Frame, FrameType
@@ -33,6 +33,8 @@ Display = Annotated[str, Meta(max_length=80)]
 Nonce = Annotated[bytes, Meta(min_length=16, max_length=16)]
 Mac = Annotated[bytes, Meta(min_length=32, max_length=32)]
 TerminalKind = Literal["door", "attendance", "pos", "recharge"]
+#: The local lists a terminal that decides on its own can keep (see LIST_UPDATE).
+ListKind = Literal["blacklist", "whitelist"]
 #: Limits chosen so the largest valid LIST_UPDATE and RECORD_UPLOAD fit in one frame.
 MAX_LIST_UIDS = 350
 MAX_UPLOAD_RECORDS = 24
@@ -43,7 +45,11 @@ class Body(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class Hello(Body, kw_only=True, frozen=True):
-    """T→E, first frame on a link. ``last_rec`` is the terminal's newest record number."""
+    """T→E, first frame on a link. ``last_rec`` is the terminal's newest record number.
+
+    ``lists`` (omitted when absent, so older terminals' HELLO is unchanged) names the local
+    lists a terminal that decides on its own keeps: the edge then pushes them with
+    LIST_UPDATE and tracks its record numbers for gaps (RECORD_REQUEST)."""
 
     terminal_id: TerminalId
     kind: TerminalKind
@@ -51,6 +57,7 @@ class Hello(Body, kw_only=True, frozen=True):
     proto: Annotated[int, Meta(ge=1, le=255)] = 1
     nonce: Nonce
     last_rec: U32 = 0
+    lists: Annotated[list[ListKind], Meta(max_length=2)] | UnsetType = UNSET
 
 
 class Challenge(Body, kw_only=True, frozen=True):
@@ -201,14 +208,18 @@ class DoorOpen(Body, kw_only=True, frozen=True):
 
 class ListUpdate(Body, kw_only=True, frozen=True):
     """E→T: change a local decision list. A ``full`` update replaces the list; otherwise the
-    terminal applies it only if its version equals ``prev_version`` (else it NAKs)."""
+    terminal applies it only if its version equals ``prev_version`` (else it NAKs).
 
-    kind: Literal["blacklist", "whitelist"]
+    ``door`` (omitted when absent) names the door of a per-door ``whitelist`` at a
+    controller with several doors; each door's list has its own version chain."""
+
+    kind: ListKind
     version: Annotated[int, Meta(ge=0)]
     prev_version: Annotated[int, Meta(ge=0)]
     full: bool = False
     add: Annotated[list[CardUid], Meta(max_length=MAX_LIST_UIDS)] = []
     remove: Annotated[list[CardUid], Meta(max_length=MAX_LIST_UIDS)] = []
+    door: Short | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if len(self.add) + len(self.remove) > MAX_LIST_UIDS:
@@ -238,6 +249,28 @@ class RecordUpload(Body, kw_only=True, frozen=True):
     """T→E: buffered records, oldest first; the ACK's ``upto`` says which are safe to drop."""
 
     records: Annotated[list[BufferedRecord], Meta(min_length=1, max_length=MAX_UPLOAD_RECORDS)]
+
+
+class RecordRequest(Body, kw_only=True, frozen=True):
+    """E→T: send again the records numbered ``from_rec`` … ``to_rec`` (inclusive, at most
+    ``MAX_UPLOAD_RECORDS``): the edge found them missing between records it holds."""
+
+    from_rec: U32
+    to_rec: U32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.to_rec - self.from_rec < MAX_UPLOAD_RECORDS:
+            raise ValueError(
+                f"need from_rec <= to_rec and at most {MAX_UPLOAD_RECORDS} records in the range"
+            )
+
+
+class RecordReply(Body, kw_only=True, frozen=True):
+    """T→E, reply to RECORD_REQUEST: the records of the range the terminal still holds,
+    oldest first. A number of the range not among them is one the terminal does not hold
+    (never used, or deleted long ago): the edge stops asking for it."""
+
+    records: Annotated[list[BufferedRecord], Meta(max_length=MAX_UPLOAD_RECORDS)] = []
 
 
 class Ack(Body, kw_only=True, frozen=True):
@@ -276,6 +309,8 @@ BODY_TYPES: dict[FrameType, type[Body]] = {
     FrameType.LIST_UPDATE: ListUpdate,
     FrameType.RECORD_UPLOAD: RecordUpload,
     FrameType.DOOR_OPEN: DoorOpen,
+    FrameType.RECORD_REQUEST: RecordRequest,
+    FrameType.RECORD_REPLY: RecordReply,
     FrameType.ACK: Ack,
     FrameType.ERROR: Error,
 }

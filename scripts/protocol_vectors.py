@@ -34,7 +34,8 @@ DISP = "充值成功 200.00元\n余额 287.50元"
 def show(v, indent=0):
     pad = "  " * indent
     if isinstance(v, msgspec.Struct):
-        v = {f: getattr(v, f) for f in v.__struct_fields__}
+        # fields left UNSET are not on the wire at all
+        v = {f: getattr(v, f) for f in v.__struct_fields__ if getattr(v, f) is not msgspec.UNSET}
     if isinstance(v, dict):
         if not v:
             return "{}"
@@ -296,6 +297,58 @@ vec(
     7,
     Ack(upto=101),
     "Both records are stored: the controller may delete records up to 101.",
+)
+p("### 19.7a Terminals that decide locally")
+p()
+para(
+    "An attendance clock that decides every punch from its own lists says so in HELLO; the edge then "
+    "pushes its lists and watches its record numbers for gaps (see 15 and 16.1)."
+)
+p()
+vec(
+    "HELLO_SMART",
+    1,
+    Hello(
+        terminal_id="CLOCK-01",
+        kind="attendance",
+        firmware="acme-clock 3.1",
+        nonce=NT,
+        last_rec=230,
+        lists=["blacklist", "whitelist"],
+    ),
+    "The clock keeps a blacklist and a whitelist; it has used record numbers up to 230.",
+)
+vec(
+    "LIST_UPDATE_WHITELIST",
+    2,
+    ListUpdate(
+        kind="whitelist",
+        version=7,
+        prev_version=6,
+        add=["04A1B2C3D4E5F6"],
+        door="D2",
+    ),
+    "A door controller's whitelist for its door D2 (each door's list has its own version chain): "
+    "one card may now pass there.",
+)
+vec(
+    "RECORD_REQUEST",
+    3,
+    RecordRequest(from_rec=102, to_rec=104),
+    "The edge holds records 101 and 105 of this terminal but not 102 to 104: it asks for them.",
+)
+vec(
+    "RECORD_REPLY",
+    3,
+    RecordReply(
+        records=[
+            BufferedRecord(
+                rec=102, time_ms=T0 + 91_000, what="tap", uid=UID, granted=True, punch="in"
+            ),
+        ]
+    ),
+    "The terminal still holds record 102 and sends it; it does not hold 103 and 104 (say, numbers "
+    "taken just before a power cut and never used), so the edge stops asking for them.",
 )
 p("### 19.8 A recharge")
 p()

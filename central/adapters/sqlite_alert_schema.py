@@ -50,3 +50,14 @@ ALERT_MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
 ]
+
+#: Appended after every other list (positional); see :mod:`central.adapters.sqlite_store`.
+HEALTH_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "site health: the edge's disk state (money refused below its reserve)",
+        """
+        ALTER TABLE site_health ADD COLUMN disk_state TEXT
+            CHECK (disk_state IS NULL OR disk_state IN ('ok', 'low', 'full'));
+        """,
+    ),
+]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from central.adapters.sqlite_alert_schema import ALERT_MIGRATIONS
+from central.adapters.sqlite_alert_schema import ALERT_MIGRATIONS, HEALTH_MIGRATIONS
 from central.adapters.sqlite_attendance_schema import ATTENDANCE_MIGRATIONS
 from central.adapters.sqlite_door_schema import DOOR_MIGRATIONS
 from central.adapters.sqlite_ops_schema import OPS_MIGRATIONS
@@ -51,7 +51,8 @@ class CentralStore(GroupCommitDB):
             + ATTENDANCE_MIGRATIONS
             + ALERT_MIGRATIONS
             + ROLLOUT_MIGRATIONS
-            + DOOR_MIGRATIONS,
+            + DOOR_MIGRATIONS
+            + HEALTH_MIGRATIONS,
         )
 
     def _commit_batch(self, batch: list[Any]) -> list[tuple[bool, Any]]:

@@ -35,11 +35,14 @@ KINDS: dict[str, Severity] = {
     "site_offline": "emergency",
     "terminals_down": "emergency",
     "terminal_offline": "important",
+    "terminal_list_lag": "important",
+    "terminal_records_missing": "normal",
     "unsynced_records": "important",
     "feed_lag": "important",
     "blacklist_lag": "important",
     "clock_skew": "important",
     "disk_low": "important",
+    "disk_full": "emergency",
     "door_forced": "important",
     "door_held": "important",
     "dead_letters": "normal",
@@ -60,6 +63,9 @@ class Thresholds:
     unsynced_s: float = 3600.0
     #: An online site central has not brought up to its feed or blacklist head for this long.
     lag_s: float = 300.0
+    #: A terminal that decides locally holds lists behind its site's for this long (as the
+    #: edge measures it), or record numbers the edge cannot get back from it.
+    terminal_list_lag_s: float = 600.0
     #: The edge's clock differs from central's by more than this.
     clock_skew_s: float = 60.0
     #: An edge's data disk has less free space than this.
@@ -78,6 +84,11 @@ class TerminalFact:
     id: str
     kind: str
     online: bool
+    #: A terminal that decides locally: lists behind the site's, for how long (edge's
+    #: measure), and record numbers missing at the edge.
+    lists_behind: int = 0
+    lists_behind_s: float | None = None
+    records_missing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,8 @@ class SiteFacts:
     #: The edge's clock minus central's, from its latest health report.
     clock_skew_s: float | None = None
     disk_free_bytes: int | None = None
+    #: The edge's store: ``low`` (below its reserve: money refused) or ``full``.
+    disk_state: str | None = None
     #: Dead letters from this site within the window.
     dead_letters: int = 0
     #: Doors forced or held open within the window (records the site sent).
@@ -170,6 +183,7 @@ def site_conditions(facts: SiteFacts, limits: Thresholds) -> list[Condition]:
             )
         return out  # nothing else is known about a site that is not connected
     out.extend(_terminal_conditions(facts, limits))
+    out.extend(_smart_terminal_conditions(facts, limits))
     if facts.unsynced_age_s is not None and facts.unsynced_age_s > limits.unsynced_s:
         out.append(
             Condition(
@@ -203,7 +217,17 @@ def site_conditions(facts: SiteFacts, limits: Thresholds) -> list[Condition]:
             )
         )
     free = facts.disk_free_bytes
-    if free is not None and free < limits.disk_free_min_bytes:
+    if facts.disk_state in ("low", "full"):
+        # the edge is refusing money (and, when full, recording nothing): say so at once
+        out.append(
+            Condition(
+                key=f"disk_full:{site}",
+                kind="disk_full",
+                site=site,
+                detail={"state": facts.disk_state, "free_mib": (free or 0) >> 20},
+            )
+        )
+    elif free is not None and free < limits.disk_free_min_bytes:
         out.append(
             Condition(
                 key=f"disk_low:{site}",
@@ -241,6 +265,37 @@ def _terminal_conditions(facts: SiteFacts, limits: Thresholds) -> list[Condition
         )
         for t in down
     ]
+
+
+def _smart_terminal_conditions(facts: SiteFacts, limits: Thresholds) -> list[Condition]:
+    """Terminals that decide locally: lists behind the site's (so a card barred at HQ may
+    still be let in there) and records the edge cannot collect. The lag's hold counts from
+    when the edge says it began, so an edge that reports a lag already old alerts at once."""
+    out = []
+    for t in facts.terminals or ():
+        if t.lists_behind > 0:
+            out.append(
+                Condition(
+                    key=f"terminal_list_lag:{facts.site}:{t.id}",
+                    kind="terminal_list_lag",
+                    site=facts.site,
+                    subject=t.id,
+                    detail={"lists_behind": t.lists_behind, "behind_s": t.lists_behind_s},
+                    hold_s=max(0.0, limits.terminal_list_lag_s - (t.lists_behind_s or 0.0)),
+                )
+            )
+        if t.records_missing > 0:
+            out.append(
+                Condition(
+                    key=f"terminal_records_missing:{facts.site}:{t.id}",
+                    kind="terminal_records_missing",
+                    site=facts.site,
+                    subject=t.id,
+                    detail={"records_missing": t.records_missing},
+                    hold_s=limits.terminal_list_lag_s,
+                )
+            )
+    return out
 
 
 def _dead_letters(site: str | None, n: int) -> Condition:

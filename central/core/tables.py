@@ -160,7 +160,8 @@ def _read_xlsx(data: bytes, filename: str) -> Table:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+    # NotImplementedError: a zip of a later version or an unknown method (found by fuzzing).
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError) as exc:
         return _unreadable(filename, "xlsx", f"not a readable XLSX workbook: {exc}")
     if unpacked > MAX_XLSX_UNPACKED:
         return _unreadable(filename, "xlsx", f"the workbook unpacks to {unpacked} bytes")

@@ -34,7 +34,7 @@ import structlog
 from edge_agent.adapters import sqlite_outbox as outbox
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_master import clear_master, delete_from_feed, upsert_from_feed
-from edge_agent.adapters.sqlite_store import EdgeStore, get_meta, set_meta
+from edge_agent.adapters.sqlite_store import EdgeStore, StoreError, get_meta, set_meta
 from edge_agent.adapters.terminal_server import TerminalRegistry
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
 from edge_agent.logtail import LogTail
@@ -131,6 +131,9 @@ class EdgeSync:
                     await self._session()
                 except* aiomqtt.MqttError as lost:  # the session's TaskGroup wraps it in a group
                     log.warning("sync.broker_unreachable", error=str(lost.exceptions[0]))
+                except* StoreError as failed:  # e.g. a full disk: reconnect once it can write
+                    self.count("store_unavailable")
+                    log.exception("sync.store_unavailable", error=str(failed.exceptions[0]))
                 finally:
                     if self.connected:
                         delay = 0.5  # it was connected: back off afresh after this drop
@@ -271,6 +274,11 @@ class EdgeSync:
                 self.count("bad_downlink")
                 log.warning("sync.bad_message", topic=message.topic.value, error=str(exc))
                 await self.site.dead_letter(f"mqtt:{message.topic.value}", str(exc), payload)
+            except StoreError as exc:
+                # Not applied (a full disk): its version did not move, so the next change is
+                # a gap and the edge asks for a resync then; the session goes on meanwhile.
+                self.count("store_unavailable")
+                log.warning("sync.not_applied", topic=message.topic.value, error=str(exc))
 
     async def _dispatch(self, channel: Channel, payload: bytes) -> None:
         if channel is Channel.DOWN_ACK:
@@ -314,7 +322,14 @@ class EdgeSync:
             ]
             if not marks:
                 continue
-            await self.store.run(partial(_mark_lanes, epoch=epoch, marks=marks))
+            try:
+                await self.store.run(partial(_mark_lanes, epoch=epoch, marks=marks))
+            except StoreError as exc:  # a full disk: the acks stay pending, marked later
+                self.count("store_unavailable")
+                log.warning("sync.ack_not_marked", error=str(exc))
+                await asyncio.sleep(1.0)
+                self._acks_waiting.set()
+                continue
             for lane, seq in marks:
                 state = self._lanes[lane]
                 state.acked = max(state.acked, seq)
@@ -345,6 +360,8 @@ class EdgeSync:
             await self._on_blacklist(feed.blacklist)
         if reload:
             await self.site.load()
+        if self.site.on_lists is not None:
+            self.site.on_lists()  # whitelists follow master data
 
     def _apply_snapshot(
         self, conn: sqlite3.Connection, version: int, changes: list[FeedChange]
@@ -377,6 +394,8 @@ class EdgeSync:
 
     async def _on_blacklist(self, deltas: list[BlacklistDelta]) -> None:
         gap = await self.store.run(lambda c: _apply_blacklist(c, deltas))
+        if self.site.on_lists is not None:
+            self.site.on_lists()  # push the change to terminals that decide locally
         if gap:
             self.count("blacklist_gaps")
             await self.announce()

@@ -236,6 +236,47 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM outbox_rows o;
         """,
     ),
+    (
+        "lists of terminals that decide locally, and their record gaps",
+        """
+        -- per terminal and list (`blacklist`, `whitelist`, `whitelist:<door>`): the version
+        -- of the link's chain the terminal acknowledged, the site version it stands for, and
+        -- since when it has been behind the site (edge_agent.lists)
+        CREATE TABLE terminal_lists (
+            terminal_id  TEXT NOT NULL,
+            list         TEXT NOT NULL,
+            version      INTEGER NOT NULL,
+            covers       INTEGER NOT NULL,
+            behind_ms    INTEGER,
+            updated_ms   INTEGER NOT NULL,
+            PRIMARY KEY (terminal_id, list)
+        ) STRICT, WITHOUT ROWID;
+
+        -- the UIDs each terminal holds on each list, as of its acknowledged version
+        CREATE TABLE terminal_list_uids (
+            terminal_id TEXT NOT NULL,
+            list        TEXT NOT NULL,
+            uid         TEXT NOT NULL,
+            PRIMARY KEY (terminal_id, list, uid)
+        ) STRICT, WITHOUT ROWID;
+
+        -- record numbers checked for gaps: every number up to checked_upto is held (in
+        -- terminal_txns) or void; missing ones above it are in terminal_gaps
+        CREATE TABLE terminal_recs (
+            terminal_id  TEXT PRIMARY KEY,
+            checked_upto INTEGER NOT NULL
+        ) STRICT;
+
+        CREATE TABLE terminal_gaps (
+            terminal_id TEXT NOT NULL,
+            rec         INTEGER NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('missing', 'void')),
+            found_ms    INTEGER NOT NULL,
+            asked       INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (terminal_id, rec)
+        ) STRICT, WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

@@ -95,6 +95,10 @@ class _Pending:
     op: Operation[Any]
     future: asyncio.Future[Any]
     quick: bool = False
+    #: Run and roll back (see :meth:`GroupCommitDB.run`): the result stands even if the
+    #: batch's commit fails.
+    dry: bool = False
+    result: tuple[bool, Any] | None = None
 
 
 def now_ms() -> int:
@@ -309,16 +313,20 @@ class GroupCommitDB:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def run(self, op: Operation[T], *, quick: bool = False) -> T:
+    async def run(self, op: Operation[T], *, quick: bool = False, dry: bool = False) -> T:
         """Run ``op`` on the writer connection inside a transaction; return its result once
         the transaction has committed. An exception from ``op`` rolls back only ``op``.
 
         ``quick``: ``op`` is short (a few indexed statements, no I/O of its own, no waiting)
-        and may run on the event-loop thread (see the module docs)."""
+        and may run on the event-loop thread (see the module docs).
+
+        ``dry``: run ``op`` and roll it back at once, returning what it returned — the
+        decision a request *would* get, when the store cannot record it (a full disk: the
+        rolled-back changes never leave the page cache, so this works when commits fail)."""
         if self._queue is None:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future, quick))
+        self._queue.put_nowait(_Pending(op, future, quick, dry))
         return await future
 
     async def _writer(self) -> None:
@@ -343,8 +351,17 @@ class GroupCommitDB:
             except Exception as exc:  # noqa: BLE001 - rolled back: every caller gets the error
                 self.stats.failed_commits += 1
                 error = StoreUnavailableError(f"commit failed, nothing written: {exc}")
+                error.__cause__ = exc
                 for pending in batch:
-                    if not pending.future.done():
+                    if pending.future.done():
+                        continue
+                    if pending.dry and pending.result is not None:
+                        ok, value = pending.result  # rolled back anyway: the commit is moot
+                        if ok:
+                            pending.future.set_result(value)
+                        else:
+                            pending.future.set_exception(value)
+                    else:
                         pending.future.set_exception(error)
             else:
                 self.stats.commits += 1
@@ -433,11 +450,16 @@ class GroupCommitDB:
                 if counters is not None:
                     counters.op_rolled_back()
                 self.stats.failed_operations += 1
-                results.append((False, exc))
+                pending.result = (False, exc)
             else:
+                if pending.dry:
+                    conn.execute("ROLLBACK TO op")
+                    if counters is not None:
+                        counters.op_rolled_back()
                 conn.execute("RELEASE op")
                 self.stats.operations += 1
-                results.append((True, value))
+                pending.result = (True, value)
+            results.append(pending.result)
         return results
 
     def _commit(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from protocol.terminal import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    RecordUpload,
     Welcome,
     message_frame,
     parse_frame,
@@ -41,7 +42,7 @@ log = structlog.get_logger("edge.terminals")
 #: A terminal must finish HELLO/AUTH within this long after connecting.
 HANDSHAKE_TIMEOUT_S = 10.0
 #: Replies a terminal may send us; anything else from a terminal is a request.
-_REPLIES = frozenset({FrameType.ACK, FrameType.ERROR})
+_REPLIES = frozenset({FrameType.ACK, FrameType.ERROR, FrameType.RECORD_REPLY})
 _CLOSING_CODES = frozenset({"unknown_terminal", "auth_failed", "unauthenticated"})
 
 
@@ -80,6 +81,21 @@ class SiteHandler(Protocol):
         """Keep something a peer sent that could not be accepted."""
 
 
+class ListPort(Protocol):
+    """The keeper of lists and records of terminals that decide locally
+    (``edge_agent.lists.ListKeeper``)."""
+
+    def attach(self, session: TerminalSession, kinds: Sequence[str], last_rec: int) -> bool:
+        """Bring the terminal's lists up to date, then call ``session.open_gate()``. False
+        if it cannot (the session then opens its gate at once)."""
+
+    def noted_upload(self, terminal_id: str, newest: int) -> None:
+        """The terminal's RECORD_UPLOAD up to record ``newest`` was stored."""
+
+    def noted_heartbeat(self, terminal_id: str, buffered: int) -> None:
+        """The terminal's HEARTBEAT said ``buffered`` records wait for upload."""
+
+
 @dataclass(slots=True)
 class SessionStats:
     """Per-terminal link counters (exported in health)."""
@@ -113,11 +129,29 @@ class TerminalSession:
     draining: bool = False
     #: True while a request is being decided and answered.
     busy: bool = False
+    #: Pushes lists to terminals that decide locally (None: such terminals get no lists).
+    lists: ListPort | None = None
+    _hello_msg: Hello | None = None
+    #: Requests that arrived while the terminal's lists were being brought up to date
+    #: (None: the gate is open).
+    _held: list[Frame] | None = None
 
     @property
     def authenticated(self) -> bool:
         """True once the terminal has proven its key."""
         return self.terminal is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once the link was closed."""
+        return self._closed
+
+    async def open_gate(self) -> None:
+        """The terminal's lists are up to date (or could not be): answer the requests held
+        since WELCOME, in order, then serve new ones as they come (idempotent)."""
+        while self._held:
+            await self._serve(self._held.pop(0))
+        self._held = None
 
     async def run(self) -> None:
         """Serve the connection until it closes."""
@@ -177,6 +211,12 @@ class TerminalSession:
             if future is not None and not future.done():
                 future.set_result(frame)
             return
+        if self._held is not None:
+            self._held.append(frame)  # answered once the terminal's lists are up to date
+            return
+        await self._serve(frame)
+
+    async def _serve(self, frame: Frame) -> None:
         try:
             body = parse_frame(frame)
         except MessageError as exc:
@@ -194,12 +234,17 @@ class TerminalSession:
         elif isinstance(body, Auth):
             await self._auth(body, frame.seq)
         elif self.terminal is None:
+            log.warning("terminal.unauthenticated", peer=self.peer, request=type(body).__name__)
             await self._refuse("unauthenticated", "send HELLO first", frame.seq)
         elif isinstance(body, Heartbeat):
             await self._reply(HeartbeatAck(time_ms=time.time_ns() // 1_000_000), frame.seq)
+            if self.lists is not None:
+                self.lists.noted_heartbeat(self.terminal.id, body.buffered)
         else:
             reply = await self.handler.handle(self.terminal, body)
             await self._reply(reply, frame.seq)
+            if self.lists is not None and isinstance(body, RecordUpload):
+                self.lists.noted_upload(self.terminal.id, max(r.rec for r in body.records))
 
     async def _hello(self, hello: Hello, seq: int) -> None:
         if self.terminal is not None:
@@ -214,6 +259,7 @@ class TerminalSession:
             await self._refuse("unknown_terminal", "终端未登记 unknown terminal", seq)
             return
         self._claimed_id = hello.terminal_id
+        self._hello_msg = hello
         self._nonce_t, self._nonce_e = hello.nonce, auth.new_nonce()
         await self._reply(Challenge(nonce=self._nonce_e), seq)
 
@@ -229,9 +275,16 @@ class TerminalSession:
             self.stats.auth_failures += 1
             # The Sunday story: a swapped spare with the wrong key shows up here.
             log.warning("terminal.auth_failed", terminal=known.id, peer=self.peer)
+            failures = self.registry.auth_failures
+            failures[known.id] = failures.get(known.id, 0) + 1
             await self._refuse("auth_failed", "终端未授权 terminal not authorised", seq)
             return
         self.terminal = known
+        hello = self._hello_msg
+        smart = hello is not None and bool(hello.lists) and self.lists is not None
+        if smart:
+            # a terminal that decides locally: hold its requests until its lists are pushed
+            self._held = []
         await self.registry.arrived(self)
         log.info("terminal.authenticated", terminal=known.id, kind=known.kind, peer=self.peer)
         await self._reply(
@@ -244,10 +297,15 @@ class TerminalSession:
             ),
             seq,
         )
+        if smart and hello is not None and self.lists is not None:  # after WELCOME: pushes may go
+            lists = list(hello.lists) if hello.lists else []
+            if not self.lists.attach(self, lists, hello.last_rec):
+                await self.open_gate()
 
     async def _refuse(self, code: str, message: str, seq: int) -> None:
         await self._reply(Error(code=code, message=message[:80]), seq)
         if code in _CLOSING_CODES:
+            self.registry.refused[code] = self.registry.refused.get(code, 0) + 1
             await self.close()
 
     async def _reply(self, body: Body, seq: int) -> None:
@@ -342,6 +400,12 @@ class TerminalRegistry:
     sessions: dict[str, TerminalSession] = field(default_factory=dict)
     last_seen_wall: dict[str, float] = field(default_factory=dict)
     on_change: Callable[[str, bool], Awaitable[None]] | None = None
+    #: Connections refused before or at authentication, by code (unknown_terminal,
+    #: auth_failed, unauthenticated), and failed authentications per claimed terminal id.
+    refused: dict[str, int] = field(default_factory=dict)
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    #: Terminals driven by another adapter (OSDP readers): whether each is online now.
+    drivers: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     async def arrived(self, session: TerminalSession) -> None:
         """A terminal authenticated; an older link of the same terminal is dropped."""
@@ -365,6 +429,12 @@ class TerminalRegistry:
 
     def online(self, terminal_id: str, *, heartbeat_s: int) -> bool:
         """Connected and heard from within three heartbeat intervals."""
+        driver = self.drivers.get(terminal_id)
+        if driver is not None:
+            if driver():
+                self.last_seen_wall[terminal_id] = time.time()
+                return True
+            return False
         session = self.sessions.get(terminal_id)
         if session is None:
             return False

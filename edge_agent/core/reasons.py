@@ -70,6 +70,12 @@ class Reason(enum.StrEnum):
     #: Not produced by a decision: the session layer's answer when it could not decide at all
     #: (store unavailable); nothing happened and the cardholder may try again.
     INTERNAL = "internal"
+    #: Not produced by a decision: the edge's disk is below its reserve (new money refused
+    #: before anything is written) or full (nothing can be recorded). Nothing happened.
+    DISK_FULL = "disk_full"
+    #: Not produced by a decision: a ``fail_mode = safe`` door opened although the edge could
+    #: not decide at all (its store unreadable).
+    FAIL_SAFE = "fail_safe"
 
 
 #: Which screen a reason is shown on, where one code reads differently per operation
@@ -120,6 +126,8 @@ REASON_TEXT: dict[Reason, Display] = {
     Reason.AMOUNT_INVALID: Display("金额无效", "Invalid amount"),
     Reason.NOT_ALLOWED: Display("不允许此操作", "Not allowed"),
     Reason.INTERNAL: Display("系统繁忙\n请重试", "System busy\nPlease try again"),
+    Reason.FAIL_SAFE: Display("请通行", "Please enter"),
+    Reason.DISK_FULL: Display("存储空间不足\n暂停消费充值", "Storage full\nPayments paused"),
 }
 
 # Templates tried before the bare text, most informative first. Placeholders: {amount},

@@ -115,9 +115,12 @@ class PrivatePcscd:
     through ``asyncio.to_thread`` while a card is being served from the event loop.
     """
 
-    def __init__(self, *, vpcd_port: int | None = None) -> None:
+    def __init__(self, *, vpcd_port: int | None = None, workdir: Path | None = None) -> None:
         self.vpcd_port = vpcd_port if vpcd_port is not None else free_port_pair()
         self.reader_name = f"{FRIENDLY_NAME} 00 00"
+        #: A fixed work dir (created on start, deleted on stop): the client socket keeps its
+        #: path across restarts, so a client can be told it before pcscd (re)starts.
+        self.workdir = workdir
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
@@ -126,7 +129,10 @@ class PrivatePcscd:
     def socket_path(self) -> Path:
         """The daemon's client socket, for ``PCSCLITE_CSOCK_NAME``."""
         if self._socket_path is None:
-            raise PcscdError("pcscd is not started")
+            if self.workdir is None:
+                raise PcscdError("pcscd is not started")
+            ipc_dir, _ = _pcscd_dirs(_find_program("pcscd"))
+            return self.workdir / "run" / ipc_dir.name / "pcscd.comm"
         return self._socket_path
 
     def client_env(self) -> dict[str, str]:
@@ -148,7 +154,11 @@ class PrivatePcscd:
         # The temp dir must not be under the dir _launch hides, or pcscd could not see it.
         hidden = Path(tempfile.gettempdir()).resolve().is_relative_to(ipc_dir.parent)
         base = "/tmp" if hidden else None
-        self._dir = workdir = Path(tempfile.mkdtemp(prefix="onecard-pcscd-", dir=base))
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True)
+            self._dir = workdir = self.workdir
+        else:
+            self._dir = workdir = Path(tempfile.mkdtemp(prefix="onecard-pcscd-", dir=base))
         try:
             self._launch(
                 workdir,

@@ -48,6 +48,8 @@ from protocol.terminal import (
     RechargeCommit,
     RechargePrepare,
     RechargeResult,
+    RecordReply,
+    RecordRequest,
     RecordUpload,
     Tap,
     Time,
@@ -189,6 +191,49 @@ FRAMES: dict[str, tuple[FrameType, int, Body]] = {
         ),
     ),
     "ACK_UPTO": (FrameType.ACK, 7, Ack(upto=101)),
+    "HELLO_SMART": (
+        FrameType.HELLO,
+        1,
+        Hello(
+            terminal_id="CLOCK-01",
+            kind="attendance",
+            firmware="acme-clock 3.1",
+            proto=1,
+            nonce=NONCE_T,
+            last_rec=230,
+            lists=["blacklist", "whitelist"],
+        ),
+    ),
+    "LIST_UPDATE_WHITELIST": (
+        FrameType.LIST_UPDATE,
+        2,
+        ListUpdate(
+            kind="whitelist",
+            version=7,
+            prev_version=6,
+            full=False,
+            add=[UID],
+            remove=[],
+            door="D2",
+        ),
+    ),
+    "RECORD_REQUEST": (FrameType.RECORD_REQUEST, 3, RecordRequest(from_rec=102, to_rec=104)),
+    "RECORD_REPLY": (
+        FrameType.RECORD_REPLY,
+        3,
+        RecordReply(
+            records=[
+                BufferedRecord(
+                    rec=102,
+                    time_ms=1_795_440_091_000,
+                    what="tap",
+                    uid=UID,
+                    granted=True,
+                    punch="in",
+                )
+            ]
+        ),
+    ),
     "RECHARGE_PREPARE": (
         FrameType.RECHARGE_PREPARE,
         8,

@@ -122,6 +122,8 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
         proto=st.integers(1, 255),
         nonce=nonces,
         last_rec=u32,
+        lists=st.just(msgspec.UNSET)
+        | st.lists(st.sampled_from(["blacklist", "whitelist"]), max_size=2),
     ),
     t.Challenge: st.builds(t.Challenge, nonce=nonces),
     t.Auth: st.builds(t.Auth, mac=macs),
@@ -199,6 +201,7 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
         full=st.booleans(),
         add=st.lists(card_uids, max_size=8),
         remove=st.lists(card_uids, max_size=8),
+        door=st.just(msgspec.UNSET) | shorts,
     ),
     t.DoorOpen: st.builds(
         t.DoorOpen,
@@ -209,6 +212,10 @@ STRATEGIES: dict[type[t.Body], st.SearchStrategy[Any]] = {
     t.RecordUpload: st.builds(
         t.RecordUpload, records=st.lists(buffered_records, min_size=1, max_size=5)
     ),
+    t.RecordRequest: st.tuples(u32, st.integers(0, t.MAX_UPLOAD_RECORDS - 1))
+    .filter(lambda r: r[0] + r[1] <= 0xFFFFFFFF)
+    .map(lambda r: t.RecordRequest(from_rec=r[0], to_rec=r[0] + r[1])),
+    t.RecordReply: st.builds(t.RecordReply, records=st.lists(buffered_records, max_size=5)),
     t.Ack: st.builds(t.Ack, ok=st.booleans(), upto=optional(u32), code=optional(codes)),
     t.Error: st.builds(t.Error, code=codes, message=displays),
 }
@@ -287,6 +294,42 @@ def test_the_largest_valid_list_update_fits_in_one_frame() -> None:
     assert len(message_frame(body, 1).payload) <= MAX_PAYLOAD
 
 
+def test_the_largest_valid_door_whitelist_update_fits_in_one_frame() -> None:
+    body = t.ListUpdate(
+        kind="whitelist",
+        version=2**64 - 1,
+        prev_version=2**64 - 2,
+        add=[TEN_BYTE_UID] * t.MAX_LIST_UIDS,
+        door="门" * 64,
+    )
+
+    assert len(message_frame(body, 1).payload) <= MAX_PAYLOAD
+
+
+def test_a_record_request_asks_for_at_most_one_upload_of_records() -> None:
+    t.RecordRequest(from_rec=100, to_rec=100 + t.MAX_UPLOAD_RECORDS - 1)
+    with pytest.raises(ValueError, match="at most"):
+        t.RecordRequest(from_rec=100, to_rec=100 + t.MAX_UPLOAD_RECORDS)
+    with pytest.raises(ValueError, match="from_rec <= to_rec"):
+        t.RecordRequest(from_rec=101, to_rec=100)
+
+
+def test_a_reply_with_the_largest_records_fits_in_one_frame() -> None:
+    record = t.BufferedRecord(
+        rec=2**32 - 1,
+        time_ms=7_258_118_400_000,
+        what="tap",
+        uid=TEN_BYTE_UID,
+        granted=True,
+        door="门" * 32,
+        event="reader_fault",
+        punch="out",
+    )
+    body = t.RecordReply(records=[record] * t.MAX_UPLOAD_RECORDS)
+
+    assert len(message_frame(body, 1).payload) <= MAX_PAYLOAD
+
+
 def test_a_full_list_update_of_ten_byte_uids_fits_in_one_frame() -> None:
     uids = [TEN_BYTE_UID] * max_length(t.ListUpdate, "add")
     body = t.ListUpdate(kind="whitelist", version=2**64 - 1, prev_version=0, full=True, add=uids)
@@ -345,7 +388,7 @@ def reject(ftype: int, payload: bytes) -> MessageError:
 TAP = {"rec": 42, "uid": "04A1B2C3", "time_ms": TAP_TIME, "amount": 1200}
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x12, 0x45, 0x80, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x08, 0x12, 0x47, 0x80, 0xFF])
 def test_unknown_frame_type_is_a_message_error(ftype: int) -> None:
     assert ftype not in set(FrameType)
 
