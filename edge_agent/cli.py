@@ -12,17 +12,10 @@ from typing import Any
 
 import click
 
-from edge_agent.config import DEFAULT_PATH, ConfigError, EdgeConfig, load_config
-
-CONFIG_OPTION = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    envvar="ONECARD_EDGE_CONFIG",
-    help="edge.toml to use",
-)
+from edge_agent.cli_desk import desk as _desk
+from edge_agent.cli_options import CONFIG_OPTION
+from edge_agent.cli_osdp import osdp as _osdp
+from edge_agent.config import ConfigError, EdgeConfig, load_config
 
 
 def _load(config_path: Path) -> EdgeConfig:
@@ -453,10 +446,5 @@ def updater_adopt(config_path: Path) -> None:
         click.echo(f"{layout.current} -> releases/{current_version(layout)} (already there)")
 
 
-from edge_agent.cli_desk import desk as _desk  # noqa: E402 - the group registers below
-
 main.add_command(_desk)
-
-from edge_agent.cli_osdp import osdp as _osdp  # noqa: E402 - the group registers below
-
 main.add_command(_osdp)

@@ -25,7 +25,8 @@ import msgspec
 
 from central.core.amounts import AmountError, format_yuan, parse_yuan
 from edge_agent.adapters.pcsc_reader import PcscReader, PresentedCard, ReaderError
-from edge_agent.config import DEFAULT_PATH, ConfigError, EdgeConfig, load_config
+from edge_agent.cli_options import CONFIG_OPTION
+from edge_agent.config import ConfigError, EdgeConfig, load_config
 from edge_agent.desk_wire import (
     CardHistory,
     CardInfo,
@@ -46,15 +47,7 @@ SEND_ATTEMPTS = 3
 def _options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option(
-                "--config",
-                "config_path",
-                type=click.Path(path_type=Path),
-                default=DEFAULT_PATH,
-                show_default=True,
-                envvar="ONECARD_EDGE_CONFIG",
-                help="edge.toml to use",
-            ),
+            CONFIG_OPTION,
             click.option("--reader", help="PC/SC reader name (default: [desk] reader, or first)"),
             click.option(
                 "--wait",
@@ -95,14 +88,7 @@ def desk() -> None:
 
 
 @desk.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    envvar="ONECARD_EDGE_CONFIG",
-)
+@CONFIG_OPTION
 def readers(config_path: Path) -> None:
     """List PC/SC readers and whether a card is on each (is pcscd seeing the reader?)."""
     config = _load(config_path)

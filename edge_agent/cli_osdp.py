@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from edge_agent.config import DEFAULT_PATH, ConfigError, load_config
+from edge_agent.cli_options import CONFIG_OPTION
+from edge_agent.config import ConfigError, load_config
 
 
 @click.group()
@@ -15,15 +16,7 @@ def osdp() -> None:
 
 
 @osdp.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    envvar="ONECARD_EDGE_CONFIG",
-    help="edge.toml to use",
-)
+@CONFIG_OPTION
 @click.option("--reader", "terminal", required=True, help="the reader's terminal id")
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="seconds")
 def provision(config_path: Path, terminal: str, timeout_s: float) -> None:
