@@ -280,6 +280,7 @@ class EdgeService:
 
     async def _status_loop(self, site: Site) -> None:
         path = self.config.data_dir / "status.json"
+        unwritten = False
         while True:
             try:
                 status = await site.status(self.registry, version=self.version)
@@ -292,7 +293,14 @@ class EdgeService:
                 status["broker"] = None if self.sync is None else self.sync.connected
                 status["tcp_port"] = self.tcp_port
                 status["written_at"] = time.time()
-                await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(status))
+                try:
+                    await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(status))
+                except OSError as exc:  # a full disk: terminals matter more than status.json
+                    if not unwritten:
+                        log.warning("status.not_written", path=str(path), error=str(exc))
+                    unwritten = True
+                else:
+                    unwritten = False
             if not await self._pause(STATUS_INTERVAL_S):
                 return
 

@@ -27,7 +27,7 @@ from edge_agent.config import EdgeConfig, MetricsConfig, StoreConfig, TerminalsC
 from edge_agent.diskguard import DiskGuard, is_disk_full
 from edge_agent.metrics import health_message
 from edge_agent.seed import apply_seed, load_seed
-from edge_agent.service import EdgeService
+from edge_agent.service import STATUS_INTERVAL_S, EdgeService
 from firmware_sim.terminals import (
     AttendanceClock,
     DoorReader,
@@ -227,7 +227,7 @@ async def below_reserve(site: Site, sale: Outcome) -> int:
     return committed.balance
 
 
-async def completely_full(site: Site) -> tuple[Path, Outcome, int]:
+async def completely_full(site: Site) -> tuple[Path, list[Outcome], int]:
     """Nothing can be recorded: a secure door stays shut, a safe one opens for a card it
     knows (not for a lost one), clocks and tills refuse; nothing is half-written."""
     records = len(outbox(site.db))
@@ -244,14 +244,20 @@ async def completely_full(site: Site) -> tuple[Path, Outcome, int]:
     assert (punch.ok, punch.code) == (False, "disk_full")
     assert (await site.pos.sale(MEMBER, amount=100)).code == "disk_full"
     assert len(site.service.site.deferred) == 1
+    # the daemon lives on with a full disk (its status file cannot be written meanwhile)
+    await asyncio.sleep(STATUS_INTERVAL_S * 1.5)
+    assert not site.service.stopping.is_set()
+    again = await site.exit_door.tap(MEMBER)
+    assert again.ok
+    assert len(site.service.site.deferred) == 2
     with contextlib.closing(sqlite3.connect(site.db)) as conn:
         assert conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
     assert len(outbox(site.db)) == records
-    return ballast, opened, records
+    return ballast, [opened, again], records
 
 
 async def space_returns(
-    site: Site, ballast: Path, opened: Outcome, records: int, balance: int
+    site: Site, ballast: Path, opened: list[Outcome], records: int, balance: int
 ) -> None:
     """Service resumes by itself; the fail-safe opening is recorded with what it answered."""
     await asyncio.to_thread(ballast.unlink)
@@ -263,10 +269,10 @@ async def space_returns(
     after = outbox(site.db)[records:]
     fail_safe = [r for r in after if type(r).__name__ == "DoorAccess"]
     assert [(r.terminal, r.term_rec, r.granted, r.reason) for r in fail_safe] == [
-        (SAFE_DOOR, opened.rec, True, "fail_safe")
+        (SAFE_DOOR, o.rec, True, "fail_safe") for o in opened
     ]
     replay = await site.exit_door._transact(
-        Tap(rec=opened.rec, uid=MEMBER, time_ms=site.exit_door.now_ms())
+        Tap(rec=opened[0].rec, uid=MEMBER, time_ms=site.exit_door.now_ms())
     )
     assert isinstance(replay, Decision)
     assert replay.ok
