@@ -37,6 +37,8 @@ from typing import Literal
 
 import structlog
 
+from edge_agent.adapters.waiting import wait_event
+
 log = structlog.get_logger("edge.disk")
 
 DiskState = Literal["ok", "low", "full"]
@@ -132,9 +134,7 @@ class DiskGuard:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Sample every :data:`CHECK_EVERY_S` until ``stopping`` is set."""
-        while not stopping.is_set():
+        # wait_event, not wait_for + TimeoutError: on Python 3.11 that pattern can swallow
+        # the cancellation of a failing TaskGroup and keep the daemon half-alive for ever.
+        while not await wait_event(stopping, CHECK_EVERY_S):
             self.sample()
-            try:
-                await asyncio.wait_for(stopping.wait(), CHECK_EVERY_S)
-            except TimeoutError:
-                continue

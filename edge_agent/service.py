@@ -75,6 +75,8 @@ class EdgeService:
     _handler: MeteredSite | None = None
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
+    _server: asyncio.Server | None = None
+    _draining: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT when installed by the CLI)."""
@@ -84,7 +86,6 @@ class EdgeService:
             await site.load()
             disk = watch_disk(config, site)
             self.site = site
-            server = None
             sync = self._make_sync(store, site)
             # Also without a broker: the updater asks it whether terminals are idle.
             self.upgrades = UpgradeManager(
@@ -102,47 +103,79 @@ class EdgeService:
                 store, terminal_kinds=lambda: {t.id: t.kind for t in site.terminals.values()}
             )
             site.on_lists = self.lists.poke
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.lists.run(self.stopping), name="lists")
-                self._background(group, site, sync, disk)
-                address = config.listen_address()
-                if address is not None:
-                    server = await start_tcp_server(self._on_tcp, *address)
-                    self.tcp_port = int(server.sockets[0].getsockname()[1])
-                for url in config.terminals.serial:
-                    group.create_task(self._serve_serial(url), name=f"serial:{url}")
-                await self._start_hardware(group, site, store)
-                log.info(
-                    "edge.ready",
-                    site=config.site,
-                    epoch=store.epoch,
-                    tcp=self.tcp_port,
-                    serial=config.terminals.serial,
-                    terminals=len(site.terminals),
-                )
-                notify(f"READY=1\nSTATUS=serving {len(site.terminals)} terminals")
-                self.ready.set()
-                await self.stopping.wait()
-                notify("STOPPING=1")
-                log.info("edge.stopping")
-                if server is not None:
-                    server.close()
-                if metrics_server is not None:
-                    metrics_server.close()
-                await self._drain()
-                for panel in self.osdp:
-                    panel.stop()  # finishes the decision in hand, like a session
-                if self.logtail is not None:
-                    await self.logtail.close()  # says "shutdown" to viewers while linked
-                if self.upgrades is not None:
-                    self.upgrades.stop()
-                if sync is not None:
-                    sync.stop()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.lists.run(self.stopping), name="lists")
+                    self._background(group, site, sync, disk)
+                    address = config.listen_address()
+                    if address is not None:
+                        self._server = await start_tcp_server(self._on_tcp, *address)
+                        self.tcp_port = int(self._server.sockets[0].getsockname()[1])
+                    for url in config.terminals.serial:
+                        group.create_task(self._serve_serial(url), name=f"serial:{url}")
+                    await self._start_hardware(group, site, store)
+                    log.info(
+                        "edge.ready",
+                        site=config.site,
+                        epoch=store.epoch,
+                        tcp=self.tcp_port,
+                        serial=config.terminals.serial,
+                        terminals=len(site.terminals),
+                    )
+                    notify(f"READY=1\nSTATUS=serving {len(site.terminals)} terminals")
+                    self.ready.set()
+                    await self.stopping.wait()
+                    notify("STOPPING=1")
+                    log.info("edge.stopping")
+                    if metrics_server is not None:
+                        metrics_server.close()
+                    await self._stop_serving()
+                    if self.logtail is not None:
+                        await self.logtail.close()  # says "shutdown" to viewers while linked
+                    if self.upgrades is not None:
+                        self.upgrades.stop()
+                    if sync is not None:
+                        sync.stop()
+            except BaseException:
+                # A background task failed (its TaskGroup cancelled the others) or the daemon
+                # was cancelled: stop serving terminals before the store closes, or open
+                # sessions would go on recording taps that nothing syncs — half alive.
+                log.exception("edge.failed")
+                self.stopping.set()
+                await self._stop_serving()
+                raise
         log.info("edge.stopped")
 
     def stop(self) -> None:
         """Ask the daemon to stop (idempotent, callable from a signal handler)."""
         self.stopping.set()
+
+    def _spawn(self, group: asyncio.TaskGroup, coro: Any, name: str) -> None:
+        task = group.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        """A background task ended. If it failed, the daemon is broken: stop taking terminal
+        requests at once (its TaskGroup is cancelling the rest; should one of them hang,
+        the edge must not stay half alive, answering taps that nothing syncs)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("edge.task_failed", task=task.get_name(), error=repr(task.exception()))
+        self.stopping.set()
+        if self._server is not None:
+            self._server.close()
+        # answer what is in hand, then close every link (a task of its own: this is a callback)
+        self._draining = asyncio.get_running_loop().create_task(self._drain(), name="drain")
+
+    async def _stop_serving(self) -> None:
+        """No new terminal connections; answer the requests in hand, then close every link
+        and let OSDP panels finish the decision in hand."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self._drain()
+        for panel in self.osdp:
+            panel.stop()
 
     async def _start_hardware(self, group: asyncio.TaskGroup, site: Site, store: EdgeStore) -> None:
         """OSDP readers (one control panel per RS-485 port) and the service desk's socket:
@@ -165,20 +198,21 @@ class EdgeService:
         """Start the daemon's background tasks (they end when ``stopping`` is set)."""
         if sync is not None:
             site.on_record = sync.poke
-            group.create_task(sync.run(), name="sync")
-            group.create_task(
+            self._spawn(group, sync.run(), name="sync")
+            self._spawn(
+                group,
                 report_health(sync, self.registry, self.config.data_dir, self.stopping),
                 name="health",
             )
         if self.logtail is not None:
-            group.create_task(self.logtail.run(), name="logtail")
+            self._spawn(group, self.logtail.run(), name="logtail")
         if self.upgrades is not None:
-            group.create_task(self.upgrades.run(), name="upgrades")
-        group.create_task(self._status_loop(site), name="status")
-        group.create_task(disk.run(self.stopping), name="disk")
+            self._spawn(group, self.upgrades.run(), name="upgrades")
+        self._spawn(group, self._status_loop(site), name="status")
+        self._spawn(group, disk.run(self.stopping), name="disk")
         interval = watchdog_interval_s()
         if interval is not None:
-            group.create_task(self._watchdog(interval), name="watchdog")
+            self._spawn(group, self._watchdog(interval), name="watchdog")
 
     async def _start_metrics(self) -> asyncio.Server | None:
         address = self.config.metrics_address()
