@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 BIN := .venv/bin
 
-.PHONY: setup test demo bench lint format lock clean fuzz
+.PHONY: setup test demo bench lint format lock clean fuzz soak
 
 setup:
 	@scripts/bootstrap.sh
@@ -25,6 +25,14 @@ demo: setup
 ## bench: every benchmark in bench/; each ends with one `BENCH {json}` line
 bench: setup
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+## soak: the chaos harness (docs/RELIABILITY.md): broker, central and edges as processes
+##       under load for DURATION seconds (default 600) while faults land (schedule from SEED);
+##       ends with a table
+soak: DURATION = 600
+SEED ?= 2026
+soak: setup
+	$(BIN)/onecard-sim soak --duration $(DURATION) --seed $(SEED)
 
 ## fuzz: every harness in fuzz/ under atheris for FUZZ_SECONDS each (default 60); the corpus
 ##       in fuzz/corpus/ is read, new inputs go to a scratch folder, crashes to fuzz/artifacts/

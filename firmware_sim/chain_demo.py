@@ -60,7 +60,8 @@ def member_uid(i: int) -> str:
     return f"0700{i:010X}"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -68,7 +69,7 @@ def _free_port() -> int:
 
 def _provision(base: Path) -> tuple[Path, int]:
     """``broker init`` plus both sites' bundles in ``base``; returns (broker dir, port)."""
-    port = _free_port()
+    port = free_port()
     root = base / "broker"
     init_broker(root, hostnames=["localhost", "127.0.0.1"], port=port, tls_bind="127.0.0.1")
     for site in SITES:
@@ -81,7 +82,8 @@ def _provision(base: Path) -> tuple[Path, int]:
     return root, port
 
 
-def _tls_ready(ca_file: Path, port: int) -> bool:
+def tls_ready(ca_file: Path, port: int) -> bool:
+    """The broker on ``port`` completes a TLS handshake with ``ca_file``."""
     context = ssl.create_default_context(cafile=str(ca_file))
     try:
         with (
@@ -109,7 +111,7 @@ async def private_broker(base: Path) -> AsyncIterator[tuple[Path, int]]:
     )
     try:
         deadline = time.monotonic() + 10
-        while not _tls_ready(root / "ca.crt", port):
+        while not tls_ready(root / "ca.crt", port):
             if time.monotonic() > deadline or proc.returncode is not None:
                 raise RuntimeError("the demo's mosquitto did not start")
             await asyncio.sleep(0.05)

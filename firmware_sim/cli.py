@@ -370,3 +370,24 @@ def chain(duration: float) -> None:
 
     ok = asyncio.run(run_chain_demo(duration_s=duration))
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=float,
+    default=600.0,
+    show_default=True,
+    envvar="DURATION",
+    help="seconds of traffic under faults (env DURATION)",
+)
+@click.option("--sites", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--seed", type=int, default=2026, show_default=True, help="fault schedule seed")
+def soak(duration: float, sites: int, seed: int) -> None:
+    """Chaos soak: broker, central and edges as real processes under load while faults
+    land (kill -9, network, disk full, link cuts, clock jumps); ends with the books' table
+    and a `SOAK {json}` line; exit 1 if any invariant failed (docs/RELIABILITY.md)."""
+    from firmware_sim.chaos import SoakSettings, run_soak
+
+    verdict = asyncio.run(run_soak(SoakSettings(duration_s=duration, sites=sites, seed=seed)))
+    sys.exit(0 if verdict.ok else 1)
