@@ -79,6 +79,10 @@ def check_config(config_path: Path) -> None:
             f"  osdp reader     {reader.terminal} @ {reader.port} address {reader.address}, "
             f"{reader.baud} baud, {key}"
         )
+    desk = config.desk
+    if desk.enabled:
+        pcsc = desk.reader or "the first PC/SC reader"
+        click.echo(f"  desk            {desk.socket} ({pcsc}, records as {desk.terminal_id})")
 
 
 @main.command()
@@ -157,6 +161,12 @@ def status(config_path: Path, as_json: bool) -> None:
     click.echo(
         f"versions: feed {snapshot['feed_version']}  blacklist {snapshot['blacklist_version']}"
     )
+    desk = snapshot.get("desk")
+    if desk:
+        state = (
+            "listening" if desk["listening"] else "NOT LISTENING (see the log: desk.unavailable)"
+        )
+        click.echo(f"desk: {state} on {desk['socket']}")
     disk = snapshot.get("disk")
     if disk:
         free = disk["free_bytes"]

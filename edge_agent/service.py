@@ -76,6 +76,8 @@ class EdgeService:
     _sessions: set[asyncio.Task[None]] = field(default_factory=set)
     _session_objs: dict[asyncio.Task[None], TerminalSession] = field(default_factory=dict)
     _server: asyncio.Server | None = None
+    #: The desk socket could be made (``[desk] enabled``).
+    desk_listening: bool = False
     _draining: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -189,7 +191,7 @@ class EdgeService:
                 self.registry.drivers[reader.terminal] = partial(panel.online, reader.terminal)
         if config.desk.enabled:
             self.desk = DeskService(site, config.desk)
-            await self.desk.start()
+            self.desk_listening = await self.desk.start()
             group.create_task(self.desk.run(self.stopping), name="desk")
 
     def _background(
@@ -326,6 +328,11 @@ class EdgeService:
                 status["ready"] = self.ready.is_set()
                 status["broker"] = None if self.sync is None else self.sync.connected
                 status["tcp_port"] = self.tcp_port
+                if self.desk is not None:
+                    status["desk"] = {
+                        "socket": str(self.config.desk.socket),
+                        "listening": self.desk_listening,
+                    }
                 status["written_at"] = time.time()
                 try:
                     await asyncio.to_thread(_write_atomic, path, msgspec.json.encode(status))

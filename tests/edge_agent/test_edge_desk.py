@@ -303,3 +303,33 @@ async def test_a_stale_feed_update_does_not_let_a_card_reported_lost_back_in(
         DeskRecharge(uid=MEMBER, request_id="r-after-feed", amount_fen=100, operator="li")
     )
     assert (recharge.ok, recharge.code) == (False, "blacklisted")
+
+
+async def test_status_and_check_config_show_the_desk(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edge_agent.cli import main
+    from edge_agent.service import EdgeService
+
+    socket_path = tmp_path / "run" / "desk.sock"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(
+        f'site = "{SITE}"\ndata_dir = "{tmp_path}"\n[terminals]\nlisten = "127.0.0.1:0"\n'
+        f'[metrics]\nlisten = ""\n[desk]\nenabled = true\nsocket = "{socket_path}"\n'
+    )
+    runner = CliRunner()
+    checked = runner.invoke(main, ["check-config", "--config", str(toml)])
+    assert checked.exit_code == 0, checked.output
+    assert f"desk            {socket_path} (the first PC/SC reader" in checked.output
+    service = EdgeService(load_config(toml, env={}))
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(10):
+            await service.ready.wait()
+            while not (tmp_path / "status.json").exists():  # noqa: ASYNC110 - a file
+                await asyncio.sleep(0.05)
+        shown = runner.invoke(main, ["status", "--config", str(toml)])
+        assert f"desk: listening on {socket_path}" in shown.output, shown.output
+    finally:
+        service.stop()
+        await task
