@@ -13,16 +13,8 @@ from typing import Any
 import click
 
 from edge_agent.cli_desk import desk as _desk
-from edge_agent.cli_options import CONFIG_OPTION
+from edge_agent.cli_options import CONFIG_OPTION, load_or_fail
 from edge_agent.cli_osdp import osdp as _osdp
-from edge_agent.config import ConfigError, EdgeConfig, load_config
-
-
-def _load(config_path: Path) -> EdgeConfig:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +47,7 @@ def run(config_path: Path) -> None:
     from edge_agent.logs import configure_logging
     from edge_agent.service import serve
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     configure_logging(config.log.level, config.log.format, site=config.site, file=config.log.file)
     asyncio.run(serve(config, version=_dist_version("onecard")))
 
@@ -64,7 +56,7 @@ def run(config_path: Path) -> None:
 @CONFIG_OPTION
 def check_config(config_path: Path) -> None:
     """Validate the configuration and print the effective values."""
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     click.echo(f"{config_path}: ok")
     click.echo(f"  site            {config.site}")
     click.echo(f"  database        {config.database}")
@@ -98,7 +90,7 @@ def seed(config_path: Path, seed_file: Path, dry_run: bool) -> None:
     from edge_agent.adapters.sqlite_store import EdgeStore
     from edge_agent.seed import SeedError, apply_seed, load_seed
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     try:
         data = load_seed(seed_file)
     except SeedError as exc:
@@ -137,7 +129,7 @@ def status(config_path: Path, as_json: bool) -> None:
 
     from edge_agent.service import read_status
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     snapshot: dict[str, Any] | None = read_status(config)
     if snapshot is None:
         raise click.ClickException(
@@ -339,7 +331,7 @@ def logs(
     if log_file is None and edge_logs.journal_available():
         lines = edge_logs.read_journal(unit, cutoff, follow=follow)
     else:
-        log_file = log_file or _load(config_path).log.file
+        log_file = log_file or load_or_fail(config_path).log.file
         if log_file is None:
             raise click.ClickException(
                 f"no journald on this machine and no [log] file in {config_path}: set "
@@ -373,7 +365,7 @@ def selftest(config_path: Path) -> None:
     configuration is valid. The updater runs it in a new release before switching to it."""
     from edge_agent.updater import selftest as check
 
-    problems = check(_load(config_path))
+    problems = check(load_or_fail(config_path))
     for problem in problems:
         click.echo(f"FAIL {problem}", err=True)
     if problems:
@@ -397,7 +389,7 @@ def _updater(config_path: Path, restart_command: str | None) -> Any:
 
     from edge_agent.updater import Updater
 
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     restart = shlex.split(restart_command) if restart_command else config.upgrade.restart_command
     return Updater(config, config_path, restart, echo=click.echo)
 
@@ -446,7 +438,7 @@ def updater_adopt(config_path: Path) -> None:
     from edge_agent.updater import adopt_legacy_venv, current_version, legacy_version
     from edge_agent.upgrade import Layout
 
-    layout = Layout.of(_load(config_path))
+    layout = Layout.of(load_or_fail(config_path))
     version = legacy_version(layout)
     if current_version(layout) is None and version is None:
         raise click.ClickException(f"no onecard in {layout.opt / 'venv'} to adopt")

@@ -25,8 +25,8 @@ import msgspec
 
 from central.core.amounts import AmountError, format_yuan, parse_yuan
 from edge_agent.adapters.pcsc_reader import PcscReader, PresentedCard, ReaderError
-from edge_agent.cli_options import CONFIG_OPTION
-from edge_agent.config import ConfigError, EdgeConfig, load_config
+from edge_agent.cli_options import CONFIG_OPTION, load_or_fail
+from edge_agent.config import EdgeConfig
 from edge_agent.desk_wire import (
     CardHistory,
     CardInfo,
@@ -91,7 +91,7 @@ def desk() -> None:
 @CONFIG_OPTION
 def readers(config_path: Path) -> None:
     """List PC/SC readers and whether a card is on each (is pcscd seeing the reader?)."""
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     try:
         states = asyncio.run(PcscReader(config.desk.reader).readers())
     except ReaderError as exc:
@@ -165,13 +165,6 @@ def lost(reason: str, **common: Any) -> None:
 # -- the flow ----------------------------------------------------------------------------------
 
 
-def _load(config_path: Path) -> EdgeConfig:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _amount(yuan: str | None, fen: int | None) -> int:
     if (yuan is None) == (fen is None):
         raise click.UsageError("give the amount once: --yuan 12.50 or --fen 1250")
@@ -207,7 +200,7 @@ def _ask(config: EdgeConfig, request: DeskRequest) -> DeskReply:
 def _show_card(
     config_path: Path, reader: str | None, wait: float, as_json: bool, limit: int
 ) -> None:
-    config = _load(config_path)
+    config = load_or_fail(config_path)
     card = _wait_card(config, reader, wait)
     reply = _ask(config, CardHistory(uid=card.uid, limit=limit))
     if as_json:
@@ -253,7 +246,7 @@ def _change(
     build: Callable[[PresentedCard, str, str], DeskRequest],
     describe: Callable[[str], str],
 ) -> None:
-    config = _load(common["config_path"])
+    config = load_or_fail(common["config_path"])
     card = _wait_card(config, common["reader"], common["wait"])
     info = _ask(config, CardInfo(uid=card.uid))
     if not common["as_json"]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge_agent.config import DEFAULT_PATH
+from edge_agent.config import DEFAULT_PATH, ConfigError, EdgeConfig, load_config
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -17,3 +17,11 @@ CONFIG_OPTION = click.option(
     envvar="ONECARD_EDGE_CONFIG",
     help="edge.toml to use",
 )
+
+
+def load_or_fail(config_path: Path) -> EdgeConfig:
+    """The configuration, or the CLI's clear error naming the key that is wrong."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None

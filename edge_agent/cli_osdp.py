@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge_agent.cli_options import CONFIG_OPTION
-from edge_agent.config import ConfigError, load_config
+from edge_agent.cli_options import CONFIG_OPTION, load_or_fail
 
 
 @click.group()
@@ -35,10 +34,7 @@ def provision(config_path: Path, terminal: str, timeout_s: float) -> None:
     from edge_agent.adapters.osdp_link import OsdpError
     from edge_agent.adapters.osdp_link import provision as provision_reader
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_or_fail(config_path)
     reader = next((r for r in config.osdp.readers if r.terminal == terminal), None)
     if reader is None:
         raise click.ClickException(f"{config_path}: no [[osdp.readers]] with terminal {terminal}")
