@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 #   libpcsclite-dev, swig, gcc     to build pyscard (it ships no Linux wheels)
 #   chromium                       the browser the dashboard's Playwright tests drive (headless)
 #   fonts-wqy-microhei             a CJK font, so screenshots of the Chinese pages show Chinese
+#   postgresql                     initdb/postgres/psql for the private cluster central's tests start
 #   python3-venv, python3-dev      virtualenv and headers, when python3 is Debian's own
-APT_PACKAGES=(mosquitto mosquitto-clients socat pcscd vsmartcard-vpcd libpcsclite-dev swig gcc chromium fonts-wqy-microhei)
+APT_PACKAGES=(mosquitto mosquitto-clients socat pcscd vsmartcard-vpcd libpcsclite-dev swig gcc chromium fonts-wqy-microhei postgresql)
 PYTHON=${PYTHON:-python3}
 if [[ "$(command -v "$PYTHON")" == /usr/bin/* ]]; then
     APT_PACKAGES+=(python3-venv python3-dev)

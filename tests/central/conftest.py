@@ -1,4 +1,4 @@
-"""Fixtures for central's tests: a private, provisioned mosquitto."""
+"""Fixtures for central's tests: a private, provisioned mosquitto; a private PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from broker import PrivateBroker, private_broker
+from postgres import PrivateCluster, private_cluster
 from sync_system import System, build_system
 
 
@@ -25,3 +26,24 @@ async def system(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[System]
     """Central and two edges (SZ-FUTIAN, BJ-CHAOYANG) on the private broker."""
     async for running in build_system(broker, tmp_path):
         yield running
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PrivateCluster]:
+    """A private PostgreSQL cluster on a free loopback port (never the machine's 5432).
+
+    Session-scoped: initdb and a start cost ~1 s; tests get a fresh database each
+    (``pg_dsn``), so they never see each other's tables.
+    """
+    with private_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: PrivateCluster) -> Iterator[str]:
+    """A fresh, empty database in the private cluster, as a libpq URL; dropped after."""
+    name = pg_cluster.create_database()
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        pg_cluster.drop_database(name)
