@@ -129,6 +129,8 @@ class _EdgeCollector(Collector):
     registry: TerminalRegistry | None = None
     sync: EdgeSync | None = None
     version: str = "0"
+    #: The service desk (``[desk] enabled``): its request counters.
+    desk: Any = None
     #: Read from the database by :meth:`refresh` just before each scrape.
     status: dict[str, Any] = field(default_factory=dict)
     dead_letters: int = 0
@@ -205,6 +207,17 @@ class _EdgeCollector(Collector):
             "Payloads from terminals or HQ that were refused and kept.",
             self.dead_letters,
         )
+        if self.desk is not None:
+            yield _counter(
+                "onecard_edge_desk_requests",
+                "Requests from `onecard-edge desk` (reads and changes) answered.",
+                self.desk.requests,
+            )
+            yield _counter(
+                "onecard_edge_desk_refused",
+                "Desk requests refused (unknown card, card lost, over a cap, disk full, …).",
+                self.desk.refused,
+            )
         disk = status.get("disk")
         if disk:
             yield _gauge(

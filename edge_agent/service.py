@@ -192,6 +192,7 @@ class EdgeService:
         if config.desk.enabled:
             self.desk = DeskService(site, config.desk)
             self.desk_listening = await self.desk.start()
+            self.metrics.collector.desk = self.desk
             group.create_task(self.desk.run(self.stopping), name="desk")
 
     def _background(

@@ -330,6 +330,13 @@ async def test_status_and_check_config_show_the_desk(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
         shown = runner.invoke(main, ["status", "--config", str(toml)])
         assert f"desk: listening on {socket_path}" in shown.output, shown.output
+        assert service.desk is not None
+        # a fresh site with no cardholders yet: both reads are answered, both refused
+        await service.desk.handle(CardInfo(uid=MEMBER))
+        await service.desk.handle(CardInfo(uid="04FFFFFFFFFFFF"))
+        scraped = (await service.metrics.render()).decode()
+        assert "onecard_edge_desk_requests_total 2.0" in scraped
+        assert "onecard_edge_desk_refused_total 2.0" in scraped
     finally:
         service.stop()
         await task
