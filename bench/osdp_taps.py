@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import osdp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_agent.adapters.osdp_link import SerialChannel
+from firmware_sim.osdp_reader import SimulatedReader
 from firmware_sim.ptypair import pty_pair
 from protocol import auth
 
@@ -60,15 +59,6 @@ BLACKLISTED = "0BADC0DE000001"
 LIMIT_MS = 200.0
 START_TIMEOUT_S = 60.0
 READ_TIMEOUT_S = 5.0
-CAPS = osdp.PDCapabilities(
-    [
-        (osdp.Capability.OutputControl, 1, 1),
-        (osdp.Capability.LEDControl, 1, 1),
-        (osdp.Capability.AudibleControl, 1, 1),
-        (osdp.Capability.CardDataFormat, 1, 1),
-        (osdp.Capability.CommunicationSecurity, 1, 1),
-    ]
-)
 
 
 def member_uid(i: int) -> str:
@@ -98,45 +88,11 @@ def make_seed() -> dict[str, Any]:
     }
 
 
-class FastPD(osdp.PeripheralDevice):  # type: ignore[misc]
-    """A PD whose refresh loop runs every 1 ms, like a reader's firmware."""
-
-    @staticmethod
-    def refresh(event: threading.Event, lock: threading.Lock, ctx: Any) -> None:
-        while not event.is_set():
-            with lock:
-                ctx.refresh()
-            time.sleep(0.001)
-
-
-class Reader:
-    """The reader end: a libosdp PD recording when each command arrives."""
+class Reader(SimulatedReader):
+    """The reader end (refreshing every 1 ms, like firmware), with the bench's waits."""
 
     def __init__(self, path: Path, key: bytes) -> None:
-        self.channel = SerialChannel(str(path))
-        self.commands: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
-        info = osdp.PDInfo(ADDRESS, self.channel, scbk=key, flags=[osdp.LibFlag.EnforceSecure])
-        self.pd = FastPD(info, CAPS, log_level=osdp.LogLevel.Warning, command_handler=self._cmd)
-        self.pd.start()
-
-    def _cmd(self, command: dict[str, Any]) -> tuple[int, None]:
-        self.commands.put((time.perf_counter(), command))
-        return 0, None
-
-    def present(self, uid: str) -> float:
-        data = bytes.fromhex(uid)
-        event = {
-            "event": osdp.Event.CardRead,
-            "reader_no": 0,
-            "direction": 0,
-            "format": osdp.CardFormat.Unspecified,
-            "length": len(data) * 8,
-            "data": data,
-        }
-        started = time.perf_counter()
-        if not self.pd.submit_event(event):
-            raise RuntimeError("the PD refused the card-read event")
-        return started
+        super().__init__(path, ADDRESS, key, fast=True)
 
     def wait_for(self, kind: int, color: int | None = None) -> float | None:
         """perf_counter() when the first command of ``kind`` (and LED ``color``) arrived."""
@@ -155,8 +111,7 @@ class Reader:
             self.commands.get_nowait()
 
     def close(self) -> None:
-        self.pd.teardown()
-        self.channel.close()
+        self.unplug()
 
 
 def edge_exe() -> str:

@@ -39,21 +39,12 @@ from edge_agent.config import (
 from edge_agent.seed import apply_seed, load_seed
 from edge_agent.service import EdgeService
 from edge_agent.site import Site
+from firmware_sim.osdp_reader import SimulatedReader
 from firmware_sim.ptypair import pty_pair
 from protocol.messages import DoorAccess, TerminalEvent, decode_record
 
 DOOR = "DOOR-01"
 ADDRESS = 101
-#: A real reader's capabilities: a relay, an LED, a buzzer, card data, secure channel.
-CAPS = osdp.PDCapabilities(
-    [
-        (osdp.Capability.OutputControl, 1, 1),
-        (osdp.Capability.LEDControl, 1, 1),
-        (osdp.Capability.AudibleControl, 1, 1),
-        (osdp.Capability.CardDataFormat, 1, 1),
-        (osdp.Capability.CommunicationSecurity, 1, 1),
-    ]
-)
 #: How long a loaded 2-core machine may take for what takes well under a second alone.
 WAIT_S = 20.0
 #: libosdp's control panel declares a silent reader offline after ~8 s of probing.
@@ -62,47 +53,11 @@ OFFLINE_WAIT_S = 40.0
 STOP_WAIT_S = 60.0
 
 
-class ReaderDevice:
-    """The reader: a libosdp PeripheralDevice on the reader's end of the pty pair."""
+class ReaderDevice(SimulatedReader):
+    """The reader on the reader's end of the pty pair, with waits for the tests."""
 
     def __init__(self, path: Path, key: bytes | None) -> None:
-        self.channel = SerialChannel(str(path))
-        self.commands: queue.Queue[dict[str, Any]] = queue.Queue()
-        # No key: a new reader in its install mode, accepting one session on SCBK-D.
-        flag = osdp.LibFlag.EnforceSecure if key else osdp.LibFlag.InstallMode
-        info = osdp.PDInfo(ADDRESS, self.channel, scbk=key, flags=[flag])
-        self.pd = osdp.PeripheralDevice(
-            info, CAPS, log_level=osdp.LogLevel.Warning, command_handler=self._on_command
-        )
-        self.pd.start()
-        self.running = True
-
-    def _on_command(self, command: dict[str, Any]) -> tuple[int, None]:
-        self.commands.put(command)
-        return 0, None
-
-    def present(self, uid: str) -> None:
-        """A card held to the reader: its UID as raw card data, whole bytes."""
-        data = bytes.fromhex(uid)
-        event = {
-            "event": osdp.Event.CardRead,
-            "reader_no": 0,
-            "direction": 0,
-            "format": osdp.CardFormat.Unspecified,
-            "length": len(data) * 8,
-            "data": data,
-        }
-        assert self.pd.submit_event(event)
-
-    def tamper(self) -> None:
-        """The reader's tamper switch opens."""
-        report = {
-            "event": osdp.Event.Status,
-            "type": osdp.StatusReportType.Local,
-            "nr_entries": 2,
-            "report": b"\x01\x00",
-        }
-        assert self.pd.submit_event(report)
+        super().__init__(path, ADDRESS, key)
 
     async def commands_until(self, done: Callable[[list[dict[str, Any]]], bool]) -> list[Any]:
         """Commands the reader received, until ``done`` says enough (or WAIT_S)."""
@@ -110,7 +65,7 @@ class ReaderDevice:
         deadline = time.monotonic() + WAIT_S
         while not done(got) and time.monotonic() < deadline:
             try:
-                got.append(await asyncio.to_thread(self.commands.get, True, 0.2))
+                got.append((await asyncio.to_thread(self.commands.get, True, 0.2))[1])
             except queue.Empty:
                 continue
         return got
@@ -120,15 +75,8 @@ class ReaderDevice:
         await asyncio.sleep(seconds)
         got = []
         while not self.commands.empty():
-            got.append(self.commands.get_nowait())
+            got.append(self.commands.get_nowait()[1])
         return got
-
-    def unplug(self) -> None:
-        """The reader is disconnected from the bus: it answers nothing any more."""
-        if self.running:
-            self.running = False
-            self.pd.teardown()
-            self.channel.close()
 
 
 def kinds(commands: list[dict[str, Any]]) -> set[int]:
