@@ -23,8 +23,9 @@ demo: setup
 	$(BIN)/onecard-sim chain --duration $(DURATION)
 
 ## bench: every benchmark in bench/; each ends with one `BENCH {json}` line
+##        (bench/_*.py are helpers the benchmarks start, not benchmarks)
 bench: setup
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 ## soak: the chaos harness (docs/RELIABILITY.md): broker, central and edges as processes
 ##       under load for DURATION seconds (default 600) while faults land (schedule from SEED);

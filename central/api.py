@@ -34,7 +34,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from central import finance, imports, operations, queries
-from central.adapters.sqlite_store import CentralStore
 from central.core.clearing import DayReport, settlement_csv
 from central.core.clearing import to_csv as clearing_csv
 from central.core.clearing import to_json as clearing_json
@@ -43,6 +42,7 @@ from central.core.members import report_json
 from central.core.operations import AnyRequest
 from central.core.reconcile import StatementError
 from central.core.state import CardType
+from central.store import Store
 
 #: Largest request body accepted (a member file or statement goes through the CLI if larger).
 MAX_BODY = 8 * 1024 * 1024
@@ -102,7 +102,7 @@ T = TypeVar("T")
 Handler = Callable[[Request, Identity], Awaitable[Response]]
 
 
-def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlette:
+def create_app(store: Store, *, state: ApiState | None = None) -> Starlette:
     """The API over ``store``."""
     api = _Endpoints(store, state or ApiState())
     guarded = api.guarded
@@ -133,7 +133,7 @@ def create_app(store: CentralStore, *, state: ApiState | None = None) -> Starlet
 
 @dataclass
 class _Endpoints:
-    store: CentralStore
+    store: Store
     state: ApiState
 
     def guarded(
@@ -384,7 +384,7 @@ class _Settings(msgspec.Struct, forbid_unknown_fields=True):
     card_types: list[CardType] | None = None
 
 
-async def _authenticate(store: CentralStore, request: Request) -> Identity:
+async def _authenticate(store: Store, request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -534,7 +534,7 @@ class ApiServer(uvicorn.Server):
 
 
 def api_server(
-    store: CentralStore,
+    store: Store,
     host: str,
     port: int,
     *,

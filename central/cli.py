@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from central.cli_common import DB_OPTION, run_op
+from central.cli_common import DB_OPTION, DbTarget, run_op
 
 BROKER_DIR_OPTION = click.option(
     "--broker-dir",
@@ -138,7 +138,7 @@ def version() -> None:
 )
 @click.option("--log-level", default="info", show_default=True)
 def serve(
-    db_path: Path,
+    db_path: DbTarget,
     broker_url: str,
     username: str,
     password_file: Path | None,
@@ -156,8 +156,8 @@ def serve(
 ) -> None:
     """Run central: ingest records, publish acks, feed and blacklist, and the dashboard
     with the JSON API (--http), until SIGTERM."""
-    from central.adapters.sqlite_store import CentralStore
     from central.service import CentralService
+    from central.store import open_store
     from edge_agent.adapters.mqtt_client import BrokerSettings
     from edge_agent.logs import configure_logging
 
@@ -189,7 +189,7 @@ def serve(
         from central.web.app import dashboard_server
         from central.web.page import WebConfig
 
-        async with CentralStore.open(db_path) as store:
+        async with open_store(db_path) as store:
             service = CentralService(store, broker, alerting=alerting)
             from central.logtail import TailHub
 
@@ -243,7 +243,7 @@ def serve(
     help="import batch id (default: the file name); the same batch "
     "never adds an opening balance twice",
 )
-def seed(db_path: Path, seed_file: Path, batch: str | None) -> None:
+def seed(db_path: DbTarget, seed_file: Path, batch: str | None) -> None:
     """Load people, cards, opening balances and per-site data (JSON) into central."""
     import msgspec
 
@@ -340,7 +340,7 @@ def site() -> None:
 @BROKER_DIR_OPTION
 @click.option("--url", required=True, help="mqtts://HOST:PORT the branch dials")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="bundle dir")
-def site_add(site_id: str, db_path: Path, broker_dir: Path, url: str, out: Path | None) -> None:
+def site_add(site_id: str, db_path: DbTarget, broker_dir: Path, url: str, out: Path | None) -> None:
     """Create SITE_ID at central and its broker credentials; write the branch's bundle."""
     from central.master import register_site
     from central.provision import ProvisionError, add_site
@@ -357,7 +357,7 @@ def site_add(site_id: str, db_path: Path, broker_dir: Path, url: str, out: Path 
 @click.argument("site_id")
 @DB_OPTION
 @BROKER_DIR_OPTION
-def site_remove(site_id: str, db_path: Path, broker_dir: Path) -> None:
+def site_remove(site_id: str, db_path: DbTarget, broker_dir: Path) -> None:
     """Revoke SITE_ID's credentials; central keeps its records and refuses new ones."""
     from central.master import remove_site
     from central.provision import ProvisionError
@@ -389,7 +389,7 @@ def site_rotate(site_id: str, broker_dir: Path, url: str, out: Path | None) -> N
 
 @site.command("list")
 @DB_OPTION
-def site_list(db_path: Path) -> None:
+def site_list(db_path: DbTarget) -> None:
     """Sites with online state, versions and outbox."""
     rows = run_op(
         db_path,
@@ -409,7 +409,7 @@ def site_list(db_path: Path) -> None:
 @main.command()
 @DB_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def balances(db_path: Path, as_json: bool) -> None:
+def balances(db_path: DbTarget, as_json: bool) -> None:
     """Every account's purses and the ledger sums they must equal."""
     rows = run_op(
         db_path,
@@ -431,6 +431,38 @@ def balances(db_path: Path, as_json: bool) -> None:
     sys.exit(1 if bad else 0)
 
 
+@main.command("migrate-store")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="sqlite:///PATH",
+    help="central's SQLite database (sqlite:///abs/path or a plain path); may be live",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="postgresql://USER@HOST:PORT/DB",
+    help="a fresh PostgreSQL database (the schema is created)",
+)
+def migrate_store_cmd(source: str, target: str) -> None:
+    """Copy central's SQLite data into PostgreSQL, verified (docs/migrate-store.md)."""
+    from central.migrate_store import MigrateStoreError, migrate_store, parse_sqlite_source
+
+    if not target.startswith(("postgresql://", "postgres://")):
+        raise click.BadParameter("use postgresql://USER@HOST:PORT/DB", param_hint="--to")
+
+    def show(table: str, done: int, total: int) -> None:
+        click.echo(f"  {table}: {done:,}/{total:,}", err=True)
+
+    try:
+        report = asyncio.run(migrate_store(parse_sqlite_source(source), target, progress=show))
+    except MigrateStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(report))
+
+
 @main.group()
 def alert() -> None:
     """Alerts raised by ``serve`` (docs/monitoring.md)."""
@@ -440,7 +472,7 @@ def alert() -> None:
 @click.option("--all", "show_all", is_flag=True, help="resolved alerts too")
 @click.option("--json", "as_json", is_flag=True, help="print JSON lines")
 @DB_OPTION
-def alert_list(show_all: bool, as_json: bool, db_path: Path) -> None:
+def alert_list(show_all: bool, as_json: bool, db_path: DbTarget) -> None:
     """Alerts not yet resolved (with --all: every alert), most severe first."""
     from central.alerts import alert_list as rows_of
 
@@ -462,7 +494,7 @@ def alert_list(show_all: bool, as_json: bool, db_path: Path) -> None:
 @click.option("--note", default="", help="what is being done about it")
 @click.option("--operator", default=lambda: os.environ.get("SUDO_USER") or getpass.getuser())
 @DB_OPTION
-def alert_ack(alert_id: int, note: str, operator: str, db_path: Path) -> None:
+def alert_ack(alert_id: int, note: str, operator: str, db_path: DbTarget) -> None:
     """Acknowledge an open alert (someone is on it); recorded in the audit log."""
     from central import alerts
     from central.queries import ConflictError, NotFoundError

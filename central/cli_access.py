@@ -5,17 +5,16 @@ change goes to the sites through the feed and into the audit log."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op, who
+from central.cli_common import DB_OPTION, DbTarget, run_op, who
 
 OPERATOR = click.option("--operator", default=who, show_default="login user")
 
 
-def _run(db_path: Path, op: Any) -> Any:
+def _run(db_path: DbTarget, op: Any) -> Any:
     from central.access import AccessError
     from central.attendance import AttendanceError
 
@@ -38,7 +37,7 @@ def _when(_ctx: Any, _param: Any, value: str | None) -> datetime | None:
     return at
 
 
-def _put(db_path: Path, site: str, value: Any, operator: str) -> None:
+def _put(db_path: DbTarget, site: str, value: Any, operator: str) -> None:
     from central import access
 
     version = _run(db_path, lambda conn: access.put(conn, site, value, operator=operator))
@@ -63,7 +62,7 @@ def zone_cmd(
     weekly: tuple[str, ...],
     holiday_spans: str,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """A weekly time zone (门禁时段): when a level opens its doors."""
     from central.access import AccessError, parse_intervals, parse_weekly
@@ -93,7 +92,7 @@ def group_cmd(
     anti_passback: str,
     fail_mode: str,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """A door group: doors sharing rules and anti-passback (反潜回)."""
     from edge_agent.core.model import DoorGroup
@@ -121,7 +120,7 @@ def door_cmd(
     direction: str | None,
     open_ms: int,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """A door, opened by a terminal, in a door group."""
     from edge_agent.core.model import Door
@@ -154,7 +153,7 @@ def level_cmd(
     valid_from: datetime | None,
     valid_to: datetime | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """An access level: a door group during a time zone, optionally for a period."""
     from edge_agent.core.model import AccessLevel
@@ -175,7 +174,7 @@ def level_cmd(
 @click.option("--name", default="")
 @OPERATOR
 @DB_OPTION
-def holiday_cmd(site: str, day: datetime, name: str, operator: str, db_path: Path) -> None:
+def holiday_cmd(site: str, day: datetime, name: str, operator: str, db_path: DbTarget) -> None:
     """A holiday at the site: time zones use their holiday spans that day."""
     from edge_agent.core.model import Holiday
 
@@ -190,7 +189,7 @@ def holiday_cmd(site: str, day: datetime, name: str, operator: str, db_path: Pat
 @click.argument("key")
 @OPERATOR
 @DB_OPTION
-def remove_cmd(site: str, entity: str, key: str, operator: str, db_path: Path) -> None:
+def remove_cmd(site: str, entity: str, key: str, operator: str, db_path: DbTarget) -> None:
     """Remove a site's access entity (refused while something still uses it)."""
     from central import access as acc
 
@@ -211,7 +210,7 @@ def grant_cmd(
     valid_from: datetime | None,
     valid_to: datetime | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Grant a person an access level."""
     from central import access as acc
@@ -229,7 +228,7 @@ def grant_cmd(
 @click.argument("level_id")
 @OPERATOR
 @DB_OPTION
-def revoke_cmd(person_id: str, level_id: str, operator: str, db_path: Path) -> None:
+def revoke_cmd(person_id: str, level_id: str, operator: str, db_path: DbTarget) -> None:
     """Withdraw a person's own grant."""
     from central import access as acc
 
@@ -250,7 +249,7 @@ def grant_dept_cmd(
     valid_from: datetime | None,
     valid_to: datetime | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Grant everyone in a department (and below it) an access level."""
     from central import access as acc
@@ -269,7 +268,7 @@ def grant_dept_cmd(
 @click.argument("level_id")
 @OPERATOR
 @DB_OPTION
-def revoke_dept_cmd(department: str, level_id: str, operator: str, db_path: Path) -> None:
+def revoke_dept_cmd(department: str, level_id: str, operator: str, db_path: DbTarget) -> None:
     """Withdraw a department's grant (people's own grants stay)."""
     from central import access as acc
 
@@ -283,7 +282,7 @@ def revoke_dept_cmd(department: str, level_id: str, operator: str, db_path: Path
 @access.command("show")
 @click.argument("person_id")
 @DB_OPTION
-def show_cmd(person_id: str, db_path: Path) -> None:
+def show_cmd(person_id: str, db_path: DbTarget) -> None:
     """A person's access levels (own or from a department) and their periods."""
     from central import access as acc
 

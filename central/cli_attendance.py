@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op, who
+from central.cli_common import DB_OPTION, DbTarget, run_op, who
 
 
-def _run(db_path: Path, op: Any) -> Any:
+def _run(db_path: DbTarget, op: Any) -> Any:
     from central.attendance import AttendanceError
 
     try:
@@ -51,7 +51,7 @@ def _month(_ctx: Any, _param: Any, value: str) -> tuple[int, int]:
     return year, month
 
 
-def _instant(db_path: Path, value: str) -> datetime:
+def _instant(db_path: DbTarget, value: str) -> datetime:
     """An ISO time; without a zone, in the attendance zone."""
     from central import attendance
 
@@ -94,7 +94,7 @@ def shift_cmd(
     overtime_after: int,
     overtime_unit: int,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Create or replace a shift."""
     from central import attendance as att
@@ -143,7 +143,7 @@ def roster_cmd(
     end: date | None,
     weekdays: str | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Roster SHIFT_ID (or "off") for a person or a department from a date."""
     from central import attendance as att
@@ -171,7 +171,7 @@ def roster_cmd(
 @click.option("--name", default="", help="e.g. 国庆节")
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def calendar_cmd(day: date, kind: str, name: str, operator: str, db_path: Path) -> None:
+def calendar_cmd(day: date, kind: str, name: str, operator: str, db_path: DbTarget) -> None:
     """Mark DAY a holiday, a swapped workday (调休), or back to its weekday's rule."""
     from central import attendance as att
 
@@ -193,7 +193,7 @@ def calendar_cmd(day: date, kind: str, name: str, operator: str, db_path: Path) 
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def leave_cmd(
-    person_id: str, start: str, end: str, kind: str, note: str, operator: str, db_path: Path
+    person_id: str, start: str, end: str, kind: str, note: str, operator: str, db_path: DbTarget
 ) -> None:
     """Record approved leave for PERSON_ID from START to END (ISO times)."""
     from central import attendance as att
@@ -214,7 +214,7 @@ def leave_cmd(
 @click.option("--reason", required=True, help="why the punch is added (补卡 needs a reason)")
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def punch_cmd(person_id: str, at: str, reason: str, operator: str, db_path: Path) -> None:
+def punch_cmd(person_id: str, at: str, reason: str, operator: str, db_path: DbTarget) -> None:
     """Add a punch by hand (补卡) for PERSON_ID at AT (ISO time)."""
     from central import attendance as att
 
@@ -237,7 +237,7 @@ def report_cmd(
     department: str | None,
     csv_path: Path | None,
     xlsx_path: Path | None,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """A month per person and in total: days, late/early, absences, hours, overtime."""
     from central import attendance as att
@@ -278,7 +278,7 @@ def dept() -> None:
 @click.option("--parent", help="the parent department's id")
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path: Path) -> None:
+def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path: DbTarget) -> None:
     """Create, rename or move a department."""
     from central import attendance as att
 
@@ -290,7 +290,7 @@ def dept_put(dept_id: str, name: str, parent: str | None, operator: str, db_path
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def dept_import(csv_file: Path, operator: str, db_path: Path) -> None:
+def dept_import(csv_file: Path, operator: str, db_path: DbTarget) -> None:
     """Load a department tree (CSV: id,name,parent); all or nothing, audited."""
     from central import attendance as att
 
@@ -302,7 +302,7 @@ def dept_import(csv_file: Path, operator: str, db_path: Path) -> None:
 @dept.command("export")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="default: stdout")
 @DB_OPTION
-def dept_export(out: Path | None, db_path: Path) -> None:
+def dept_export(out: Path | None, db_path: DbTarget) -> None:
     """The department tree as CSV (id,name,parent)."""
     from central import attendance as att
 
@@ -318,7 +318,7 @@ def dept_export(out: Path | None, db_path: Path) -> None:
 @click.option("--department", help="a department (with those under it); default everyone")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="default: stdout")
 @DB_OPTION
-def dept_people(department: str | None, out: Path | None, db_path: Path) -> None:
+def dept_people(department: str | None, out: Path | None, db_path: DbTarget) -> None:
     """Export people as CSV with the columns `import members` reads back (person_id,
     number, name, kind, department, card_uid: the live card)."""
     import csv

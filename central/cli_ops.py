@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import click
 import msgspec
 
-from central.cli_common import DB_OPTION, run_op, who
+from central.cli_common import DB_OPTION, DbTarget, run_op, who
 from central.core.amounts import parse_yuan
 from central.core.clearing import format_yuan
 
@@ -34,7 +34,7 @@ def _op_options(f: Any) -> Any:
     return DB_OPTION(f)
 
 
-def _run(db_path: Path, op: Any) -> Any:
+def _run(db_path: DbTarget, op: Any) -> Any:
     return run_op(db_path, op)
 
 
@@ -47,7 +47,7 @@ def _yuan(_ctx: Any, _param: Any, value: str | None) -> int | None:
         raise click.BadParameter(str(exc)) from None
 
 
-def execute(db_path: Path, cls: type, opts: dict[str, Any], **fields: Any) -> None:
+def execute(db_path: DbTarget, cls: type, opts: dict[str, Any], **fields: Any) -> None:
     """Build request ``cls`` from ``fields``, run it, print the outcome."""
     from central import operations
     from central.core.effects import Accepted
@@ -98,7 +98,7 @@ def _show(key: str, value: Any) -> str:
     return str(value)
 
 
-def hq_zone(db_path: Path) -> ZoneInfo:
+def hq_zone(db_path: DbTarget) -> ZoneInfo:
     """HQ's time zone (``clearing config --timezone``): how times typed at HQ are read."""
     from central import finance
 
@@ -279,7 +279,7 @@ def card_unfreeze(uid: str, **opts: Any) -> None:
 @card.command("show")
 @click.argument("uid")
 @DB_OPTION
-def card_show(uid: str, db_path: Path) -> None:
+def card_show(uid: str, db_path: DbTarget) -> None:
     """A card, its holder and blacklist state, as JSON."""
     from central import queries
 
@@ -486,7 +486,7 @@ def person() -> None:
 @person.command("find")
 @click.argument("query")
 @DB_OPTION
-def person_find(query: str, db_path: Path) -> None:
+def person_find(query: str, db_path: DbTarget) -> None:
     """By id, staff/member number, card UID or part of the name."""
     from central import queries
 
@@ -497,7 +497,7 @@ def person_find(query: str, db_path: Path) -> None:
 @person.command("show")
 @click.argument("person_id")
 @DB_OPTION
-def person_show(person_id: str, db_path: Path) -> None:
+def person_show(person_id: str, db_path: DbTarget) -> None:
     """Everything about a person, as JSON."""
     from central import queries
 
@@ -521,7 +521,7 @@ def audit_command(
     target: str | None,
     limit: int,
     as_json: bool,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """The audit log, newest first."""
     from central import queries
@@ -556,7 +556,12 @@ def anomaly() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @DB_OPTION
 def anomaly_list(
-    state: str | None, kind: str | None, site: str | None, limit: int, as_json: bool, db_path: Path
+    state: str | None,
+    kind: str | None,
+    site: str | None,
+    limit: int,
+    as_json: bool,
+    db_path: DbTarget,
 ) -> None:
     """Newest first."""
     from central import queries
@@ -575,7 +580,7 @@ def anomaly_list(
         )
 
 
-def _set_anomaly(db_path: Path, anomaly_id: int, state: Any, note: str, operator: str) -> None:
+def _set_anomaly(db_path: DbTarget, anomaly_id: int, state: Any, note: str, operator: str) -> None:
     from central import queries
 
     try:
@@ -595,7 +600,7 @@ def _set_anomaly(db_path: Path, anomaly_id: int, state: Any, note: str, operator
 @click.option("--note", default="")
 @click.option("--operator", default=who)
 @DB_OPTION
-def anomaly_ack(anomaly_id: int, note: str, operator: str, db_path: Path) -> None:
+def anomaly_ack(anomaly_id: int, note: str, operator: str, db_path: DbTarget) -> None:
     """Acknowledge: someone is on it."""
     _set_anomaly(db_path, anomaly_id, "acknowledged", note, operator)
 
@@ -605,7 +610,7 @@ def anomaly_ack(anomaly_id: int, note: str, operator: str, db_path: Path) -> Non
 @click.option("--note", required=True, help="what was done")
 @click.option("--operator", default=who)
 @DB_OPTION
-def anomaly_resolve(anomaly_id: int, note: str, operator: str, db_path: Path) -> None:
+def anomaly_resolve(anomaly_id: int, note: str, operator: str, db_path: DbTarget) -> None:
     """Resolve (final)."""
     _set_anomaly(db_path, anomaly_id, "resolved", note, operator)
 
@@ -620,7 +625,7 @@ def settings() -> None:
 
 @settings.command("show")
 @DB_OPTION
-def settings_show(db_path: Path) -> None:
+def settings_show(db_path: DbTarget) -> None:
     """As JSON."""
     from central import operations
 
@@ -664,7 +669,7 @@ def settings_set(
     clock_skew_seconds: int | None,
     card_types: tuple[str, ...],
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Change the policy and/or card types (audited)."""
     from central import operations
@@ -721,7 +726,7 @@ def token() -> None:
 )
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def token_add(name: str, role: Any, operator: str, db_path: Path) -> None:
+def token_add(name: str, role: Any, operator: str, db_path: DbTarget) -> None:
     """Create a token; it is printed once and never stored."""
     from central import queries
 
@@ -734,7 +739,7 @@ def token_add(name: str, role: Any, operator: str, db_path: Path) -> None:
 
 @token.command("list")
 @DB_OPTION
-def token_list(db_path: Path) -> None:
+def token_list(db_path: DbTarget) -> None:
     """Names, roles, created and revoked times (never the secrets)."""
     from central import queries
 
@@ -747,7 +752,7 @@ def token_list(db_path: Path) -> None:
 @click.argument("name")
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
-def token_revoke(name: str, operator: str, db_path: Path) -> None:
+def token_revoke(name: str, operator: str, db_path: DbTarget) -> None:
     """Revoke a token at once."""
     from central import queries
 
@@ -787,7 +792,7 @@ def import_members(
     timezone: str,
     as_json: bool,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Persons, cards, opening balances and tickets from a CSV (UTF-8 or GBK) or XLSX
     file. All or nothing; exits 1 if the file has errors (nothing is imported)."""
@@ -849,7 +854,7 @@ def clearing_day(
     hq: bool,
     as_json: bool,
     csv_file: Path | None,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Clear a business day (again: the same report, or a new revision if late offline
     records have arrived)."""
@@ -892,7 +897,7 @@ def clearing_day(
 @click.option("--to", "last", callback=_day, required=True)
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path))
 @DB_OPTION
-def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: Path) -> None:
+def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: DbTarget) -> None:
     """HQ's settlement list: what HQ pays each site, or the site remits."""
     from central import finance
     from central.core.clearing import settlement_csv
@@ -916,7 +921,7 @@ def clearing_settle(first: date, last: date, csv_file: Path | None, db_path: Pat
 @click.option("--operator", default=who, show_default="login user")
 @DB_OPTION
 def clearing_config(
-    cutoff_hour: int | None, timezone: str | None, operator: str, db_path: Path
+    cutoff_hour: int | None, timezone: str | None, operator: str, db_path: DbTarget
 ) -> None:
     """Show or change the business day (sites keep their own time zone)."""
     from central import finance
@@ -953,7 +958,7 @@ def reconcile_command(
     timezone: str,
     csv_file: Path | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """对账: match a bank or payment-channel statement CSV against onecard's payments."""
     from central import finance

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op, who
+from central.cli_common import DB_OPTION, DbTarget, run_op, who
 
 STORE_OPTION = click.option(
     "--store",
@@ -29,7 +29,7 @@ STORE_OPTION = click.option(
 )
 
 
-def _run(db_path: Path, op: Any) -> Any:
+def _run(db_path: DbTarget, op: Any) -> Any:
     from central.core.rollout import RolloutError
 
     try:
@@ -74,7 +74,7 @@ def rollout() -> None:
     help="seconds without a report before a site counts as timed out",
 )
 def start(
-    db_path: Path,
+    db_path: DbTarget,
     store_path: Path,
     version: str,
     rollout_id: str | None,
@@ -133,7 +133,7 @@ def _show(r: Any, log: list[dict[str, Any]]) -> None:
 @DB_OPTION
 @click.argument("rollout_id", required=False)
 @click.option("--log", "log_lines", type=int, default=20, show_default=True, help="log lines")
-def status(db_path: Path, rollout_id: str | None, log_lines: int) -> None:
+def status(db_path: DbTarget, rollout_id: str | None, log_lines: int) -> None:
     """Every rollout in one line each, or one rollout: its stages, sites and log."""
     from central.core.rollout import counts
     from central.rollouts import history, list_rollouts, load
@@ -151,7 +151,7 @@ def status(db_path: Path, rollout_id: str | None, log_lines: int) -> None:
     _show(r, log)
 
 
-def _event(db_path: Path, rollout_id: str, event: Any) -> None:
+def _event(db_path: DbTarget, rollout_id: str, event: Any) -> None:
     from central.rollouts import transact
 
     transition = _run(db_path, lambda conn: transact(conn, rollout_id, event))
@@ -162,7 +162,7 @@ def _event(db_path: Path, rollout_id: str, event: Any) -> None:
 @DB_OPTION
 @click.argument("rollout_id")
 @click.option("--note", default="", help="why, for the log")
-def pause(db_path: Path, rollout_id: str, note: str) -> None:
+def pause(db_path: DbTarget, rollout_id: str, note: str) -> None:
     """Send no more upgrade commands; sites already installing finish."""
     from central.core.rollout import Pause
 
@@ -172,7 +172,7 @@ def pause(db_path: Path, rollout_id: str, note: str) -> None:
 @rollout.command("resume")
 @DB_OPTION
 @click.argument("rollout_id")
-def resume(db_path: Path, rollout_id: str) -> None:
+def resume(db_path: DbTarget, rollout_id: str) -> None:
     """Go on (the failures so far are acknowledged; the same number again pauses it)."""
     from central.core.rollout import Resume
 
@@ -183,7 +183,7 @@ def resume(db_path: Path, rollout_id: str) -> None:
 @DB_OPTION
 @click.argument("rollout_id")
 @click.option("--note", default="", help="why, for the log")
-def abort(db_path: Path, rollout_id: str, note: str) -> None:
+def abort(db_path: DbTarget, rollout_id: str, note: str) -> None:
     """Stop for good: nothing more is sent; sites keep the version they run."""
     from central.core.rollout import Abort
 
@@ -194,7 +194,7 @@ def abort(db_path: Path, rollout_id: str, note: str) -> None:
 @DB_OPTION
 @click.argument("rollout_id")
 @click.argument("sites", nargs=-1, required=True)
-def retry(db_path: Path, rollout_id: str, sites: tuple[str, ...]) -> None:
+def retry(db_path: DbTarget, rollout_id: str, sites: tuple[str, ...]) -> None:
     """Queue failed SITES again (a version rolled back on a site stays refused there)."""
     from central.core.rollout import Retry
 

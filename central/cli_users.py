@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from central.cli_common import DB_OPTION, run_op, who
+from central.cli_common import DB_OPTION, DbTarget, run_op, who
 
 _OPERATOR = click.option("--operator", default=who, show_default="login user")
 _PASSWORD_FILE = click.option(
@@ -57,7 +57,7 @@ def user_add(
     display_name: str,
     password_file: Path | None,
     operator: str,
-    db_path: Path,
+    db_path: DbTarget,
 ) -> None:
     """Create USERNAME with ROLE and a password."""
     from central import users
@@ -84,7 +84,9 @@ def user_add(
 @_PASSWORD_FILE
 @_OPERATOR
 @DB_OPTION
-def user_passwd(username: str, password_file: Path | None, operator: str, db_path: Path) -> None:
+def user_passwd(
+    username: str, password_file: Path | None, operator: str, db_path: DbTarget
+) -> None:
     """Set USERNAME's password; their open sessions end."""
     from central import users
 
@@ -106,7 +108,7 @@ def user_passwd(username: str, password_file: Path | None, operator: str, db_pat
 @click.argument("username")
 @_OPERATOR
 @DB_OPTION
-def user_disable(username: str, operator: str, db_path: Path) -> None:
+def user_disable(username: str, operator: str, db_path: DbTarget) -> None:
     """Stop USERNAME signing in; their open sessions end."""
     from central import users
 
@@ -121,7 +123,7 @@ def user_disable(username: str, operator: str, db_path: Path) -> None:
 @click.argument("username")
 @_OPERATOR
 @DB_OPTION
-def user_enable(username: str, operator: str, db_path: Path) -> None:
+def user_enable(username: str, operator: str, db_path: DbTarget) -> None:
     """Let a disabled USERNAME sign in again."""
     from central import users
 
@@ -133,7 +135,7 @@ def user_enable(username: str, operator: str, db_path: Path) -> None:
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True)
 @DB_OPTION
-def user_list(as_json: bool, db_path: Path) -> None:
+def user_list(as_json: bool, db_path: DbTarget) -> None:
     """Usernames, roles, state and last sign-in (never passwords)."""
     from central import users
 
@@ -191,7 +193,7 @@ def _new_password_hash(username: str, password_file: Path | None) -> str:
     return hash_password(password)
 
 
-def _change(db_path: Path, op: Any) -> None:
+def _change(db_path: DbTarget, op: Any) -> None:
     from central.users import UserError
 
     try:

@@ -115,13 +115,13 @@ _LEDGER_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_LEDGER = _LEDGER_COLUMNS + _LEDGER_VALUES
 #: The balance moves with its ledger entries, and ``covers`` names the record (money travels
 #: in lane 0; the patch replaces this site's ``[epoch, seq]``, keeping the other sites'). Rows
-#: ``(person, cash, subsidy, site, epoch, seq)``.
+#: ``(person, cash, subsidy, covers)``, ``covers`` from :func:`_covers`.
 _BALANCE_COLUMNS = "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty, covers) VALUES "
-_BALANCE_VALUES = "(?, ?, ?, 1, json_object(?, json_array(?, ?)))"
+_BALANCE_VALUES = "(?, ?, ?, 1, ?)"
 _BALANCE_UPSERT = (
-    " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
-    " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1,"
-    " covers = json_patch(covers, excluded.covers)"
+    " ON CONFLICT (person_id) DO UPDATE SET cash_fen = accounts.cash_fen + excluded.cash_fen,"
+    " subsidy_fen = accounts.subsidy_fen + excluded.subsidy_fen, dirty = 1,"
+    " covers = json_patch(accounts.covers, excluded.covers)"
 )
 _statements: dict[tuple[str, int], str] = {}
 
@@ -514,7 +514,7 @@ def apply_records(  # noqa: PLR0917 - the coordinates of one lane
         _BALANCE_COLUMNS,
         _BALANCE_VALUES,
         [
-            (person, cash, subsidy, site, epoch, seq)
+            (person, cash, subsidy, _covers(site, epoch, seq))
             for person, (cash, subsidy, seq) in moves.items()
         ],
         _BALANCE_UPSERT,
@@ -597,11 +597,17 @@ def apply_record(  # noqa: PLR0917 - the coordinates of one record
             + _BALANCE_VALUES
             + _BALANCE_UPSERT
             + " RETURNING cash_fen + subsidy_fen",
-            (entry.person_id, entry.cash_fen, entry.subsidy_fen, site, epoch, seq),
+            (entry.person_id, entry.cash_fen, entry.subsidy_fen, _covers(site, epoch, seq)),
         ).fetchone()[0]
         if balance < 0:
             _overdrawn(conn, site, record, entry.person_id, balance, now_ms)
     return True
+
+
+def _covers(site: str, epoch: int, seq: int) -> str:
+    """An account's ``covers`` patch: ``{site: [epoch, seq]}`` (compact JSON, as SQLite's
+    ``json_object`` wrote it)."""
+    return msgspec.json.encode({site: [epoch, seq]}).decode()
 
 
 def _ledger_row(record: AnyRecord, entry: Entry, site: str, now_ms: int) -> tuple[object, ...]:

@@ -32,9 +32,9 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from central.adapters.sqlite_store import CentralStore
 from central.core.effects import AuditEntry
 from central.operations import write_audit
+from central.store import Store
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
 from protocol.errors import MessageError
 from protocol.messages import (
@@ -160,7 +160,7 @@ class TailHub:
     """Every site's tail session (see the module docstring). ``send(site, command)``
     publishes on the site's ``down/cmd`` and says whether it could."""
 
-    store: CentralStore
+    store: Store
     send: SendCommand | None = None
     ttl_s: int = TTL_S
     renew_before_s: float = RENEW_BEFORE_S

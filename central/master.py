@@ -123,7 +123,7 @@ def register_site(conn: sqlite3.Connection, site: str) -> bool:
     check_site_id(site)
     cursor = conn.execute(
         "INSERT INTO sites (id, created_ms) VALUES (?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET removed = 0 WHERE removed = 1",
+        " ON CONFLICT (id) DO UPDATE SET removed = 0 WHERE sites.removed = 1",
         (site, now_ms()),
     )
     return cursor.rowcount > 0
@@ -225,8 +225,8 @@ def add_to_account(
     """Add to a balance (only ever together with the ledger entry that explains it)."""
     conn.execute(
         "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, dirty) VALUES (?, ?, ?, 1)"
-        " ON CONFLICT (person_id) DO UPDATE SET cash_fen = cash_fen + excluded.cash_fen,"
-        " subsidy_fen = subsidy_fen + excluded.subsidy_fen, dirty = 1",
+        " ON CONFLICT (person_id) DO UPDATE SET cash_fen = accounts.cash_fen + excluded.cash_fen,"
+        " subsidy_fen = accounts.subsidy_fen + excluded.subsidy_fen, dirty = 1",
         (person_id, cash_fen, subsidy_fen),
     )
 

@@ -34,8 +34,8 @@ from central.core import alerts as rules
 from edge_agent.adapters.sqlite_store import now_ms
 
 if TYPE_CHECKING:
-    from central.adapters.sqlite_store import CentralStore
     from central.service import CentralService
+    from central.store import Store
 
 #: service.stats keys exported as their own families (the rest go to onecard_central_events).
 RECORD_RESULTS = {"records_new": "new", "records_duplicate": "duplicate", "records_dead": "dead"}
@@ -107,7 +107,7 @@ def snapshot(conn: sqlite3.Connection, *, sent_feed: Mapping[str, int], at_ms: i
 class CentralMetrics:
     """Central's metrics, in a registry of their own (tests run several centrals)."""
 
-    def __init__(self, store: CentralStore, service: CentralService | None = None) -> None:
+    def __init__(self, store: Store, service: CentralService | None = None) -> None:
         self.store = store
         self.registry = CollectorRegistry()
         self.collector = _CentralCollector(service=service)
@@ -288,6 +288,6 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
-def metrics_endpoint(store: CentralStore, service: CentralService | None = None) -> MetricsEndpoint:
+def metrics_endpoint(store: Store, service: CentralService | None = None) -> MetricsEndpoint:
     """``/metrics`` for central's dashboard server."""
     return MetricsEndpoint(CentralMetrics(store, service))

@@ -365,9 +365,9 @@ def post(conn: sqlite3.Connection, posting: Posting, *, site: str | None) -> boo
         conn.execute(
             "INSERT INTO accounts (person_id, cash_fen, subsidy_fen, deposit_fen, dirty)"
             " VALUES (?, ?, ?, ?, 1) ON CONFLICT (person_id) DO UPDATE SET"
-            " cash_fen = cash_fen + excluded.cash_fen,"
-            " subsidy_fen = subsidy_fen + excluded.subsidy_fen,"
-            " deposit_fen = deposit_fen + excluded.deposit_fen, dirty = 1",
+            " cash_fen = accounts.cash_fen + excluded.cash_fen,"
+            " subsidy_fen = accounts.subsidy_fen + excluded.subsidy_fen,"
+            " deposit_fen = accounts.deposit_fen + excluded.deposit_fen, dirty = 1",
             (posting.person_id, posting.cash_fen, posting.subsidy_fen, posting.deposit_fen),
         )
     return bool(added)

@@ -27,7 +27,6 @@ from typing import Any
 import msgspec
 import structlog
 
-from central.adapters.sqlite_store import CentralStore
 from central.artifacts import PREFIX, ReleaseStore
 from central.core.rollout import (
     AuditLine,
@@ -44,6 +43,7 @@ from central.core.rollout import (
     report_from_reply,
     start_rollout,
 )
+from central.store import Store
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
 from protocol.errors import MessageError
@@ -237,7 +237,7 @@ def _tick(conn: sqlite3.Connection, at: datetime) -> int:
 class RolloutDriver:
     """Publishes rollouts' messages, feeds replies and births into them, ticks them."""
 
-    store: CentralStore
+    store: Store
     publish: Publish
     tick_s: float = TICK_S
     stats: dict[str, int] = field(default_factory=dict)

@@ -35,11 +35,12 @@ import msgspec
 import structlog
 
 from central import access, alerts, anomalies, finance, master
-from central.adapters.sqlite_store import CentralStore, StoreError
+from central.adapters.sqlite_store import StoreError
 from central.alerts import AlertSettings
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
 from central.logtail import TailHub
 from central.rollouts import RolloutDriver
+from central.store import Store
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.sqlite_store import now_ms
 from edge_agent.adapters.waiting import raise_if_cancelling, wait_event
@@ -84,7 +85,7 @@ WEBHOOK_QUEUE = 1000
 class CentralService:
     """One central worker connected to the broker."""
 
-    store: CentralStore
+    store: Store
     broker: BrokerSettings
     #: Stable across restarts: the broker keeps this worker's persistent session, queueing the
     #: sites' uplink while it is down. A fresh id per start would orphan that session (it

@@ -20,7 +20,6 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from central.adapters.sqlite_store import CentralStore
 from central.api import (
     FINANCE,
     HANDLE_ANOMALIES,
@@ -34,6 +33,7 @@ from central.api import (
     in_front,
 )
 from central.logtail import TailHub
+from central.store import Store
 from central.web import (
     access,
     anomalies,
@@ -130,7 +130,7 @@ PAGES: list[Page] = [
 
 
 def create_web_app(
-    store: CentralStore,
+    store: Store,
     *,
     secret_key: bytes,
     config: WebConfig | None = None,
@@ -198,7 +198,7 @@ class Dashboard:
 
 
 def dashboard_server(
-    store: CentralStore,
+    store: Store,
     host: str,
     port: int,
     *,

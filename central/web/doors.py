@@ -28,8 +28,8 @@ from central.web.page import PageContext
 from protocol.topics import is_valid_site_id
 
 if TYPE_CHECKING:
-    from central.adapters.sqlite_store import CentralStore
     from central.service import CentralService
+    from central.store import Store
 
 #: Who may open a door from HQ.
 DOOR_ROLES = frozenset({"admin", "operator", "technician"})
@@ -76,7 +76,7 @@ async def open_now(ctx: PageContext) -> Response:
     return await sites.render(ctx, site, door_result=(kind, text))
 
 
-def api_routes(store: CentralStore, service: CentralService | None) -> list[Route]:
+def api_routes(store: Store, service: CentralService | None) -> list[Route]:
     """The API route (see the module docstring)."""
 
     async def open_api(request: Request) -> Response:
@@ -124,6 +124,6 @@ def api_routes(store: CentralStore, service: CentralService | None) -> list[Rout
     return [Route(API_PATH, open_api, methods=["POST"])]
 
 
-def with_doors_api(api: ASGIApp, store: CentralStore, service: CentralService | None) -> Starlette:
+def with_doors_api(api: ASGIApp, store: Store, service: CentralService | None) -> Starlette:
     """``api`` with the door route in front of it."""
     return in_front(api_routes(store, service), api)

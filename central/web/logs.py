@@ -40,9 +40,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from central import queries
-from central.adapters.sqlite_store import CentralStore
 from central.api import in_front
 from central.logtail import LEVELS, TAIL_ROLES, TailError, TailHub, Viewer
+from central.store import Store
 from central.web.page import EVERYONE, Page, PageContext
 from edge_agent.logs import LogQueryError, parse_since
 from protocol.topics import is_valid_site_id
@@ -181,7 +181,7 @@ def json_error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-async def identify_token(store: CentralStore, request: Request) -> tuple[str, str] | JSONResponse:
+async def identify_token(store: Store, request: Request) -> tuple[str, str] | JSONResponse:
     """(name, role) of the request's bearer token, or the 401 to answer."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -209,7 +209,7 @@ class LevelChange(msgspec.Struct, forbid_unknown_fields=True):
     duration_s: int = 1800
 
 
-def api_routes(store: CentralStore, hub: TailHub | None) -> list[Route]:
+def api_routes(store: Store, hub: TailHub | None) -> list[Route]:
     """``GET /api/v1/sites/{site}/logs`` (the stream) and ``POST
     /api/v1/sites/{site}/log-level`` (``{"level", "duration_s"}``: a temporary level the
     site reverts by itself; 202 ``{"command_id"}``)."""
@@ -279,7 +279,7 @@ def api_routes(store: CentralStore, hub: TailHub | None) -> list[Route]:
     ]
 
 
-def with_logs_api(api: ASGIApp, store: CentralStore, hub: TailHub | None) -> Starlette:
+def with_logs_api(api: ASGIApp, store: Store, hub: TailHub | None) -> Starlette:
     """``api`` with the log stream route in front of it."""
     return in_front(api_routes(store, hub), api)
 

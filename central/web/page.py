@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from central import finance, users
-from central.adapters.sqlite_store import CentralStore
 from central.operations import Caller
+from central.store import Store
 from central.web import i18n
 from central.web.sessions import (
     ANONYMOUS,
@@ -103,7 +103,7 @@ class WebState:
 class Web:
     """What every page shares."""
 
-    store: CentralStore
+    store: Store
     codec: SessionCodec
     config: WebConfig
     env: jinja2.Environment

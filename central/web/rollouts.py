@@ -40,7 +40,7 @@ from central.web.logs import identify_token, json_error
 from central.web.page import PageContext
 
 if TYPE_CHECKING:
-    from central.adapters.sqlite_store import CentralStore
+    from central.store import Store
 
 #: Who may pause, resume, abort and retry.
 CONTROL = frozenset({"admin", "technician"})
@@ -201,7 +201,7 @@ async def _detail(
 # --- the API ----------------------------------------------------------------------------------
 
 
-def api_routes(store: CentralStore) -> list[Route]:
+def api_routes(store: Store) -> list[Route]:
     """The API routes (see the module docstring)."""
 
     async def listing(request: Request) -> Response:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import PrivateBroker
+from stores import central_db, open_store
 
 from central import master
 from central.adapters.sqlite_store import CentralStore
@@ -99,7 +100,7 @@ async def build_system(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[S
     keys = {(site, tid): auth.new_key() for site in SITES for tid in KINDS}
     passwords = {site: broker.add_site(site) for site in SITES}
     tasks: list[asyncio.Task[None]] = []
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         seed = central_seed(keys)
         await store.run(lambda conn: master.apply_seed(conn, seed, batch="test"))
         central = CentralService(

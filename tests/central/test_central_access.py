@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from click.testing import CliRunner
+from stores import central_db, open_store
 from sync_system import ALICE, BOB, System, until
 
 from central import access, attendance, master
@@ -48,7 +49,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         for dept, parent in (("hq", None), ("ops", "hq"), ("ops-east", "ops"), ("finance", "hq")):
             attendance.put_department(conn, dept, dept, parent, operator="hr")
 
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(setup)
         yield central
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from broker import PrivateBroker
+from stores import central_db, open_store
 from sync_system import KINDS, central_seed
 
 from central import alerts, master, queries, users
@@ -134,7 +135,7 @@ def test_an_active_alert_stays_while_its_condition_holds_and_resolves_when_it_cl
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
-    async with CentralStore.open(tmp_path / "central.db") as opened:
+    async with open_store(central_db(tmp_path)) as opened:
         for site in ("SZ-FUTIAN", "BJ-CHAOYANG"):
             await opened.run(lambda conn, site=site: master.register_site(conn, site))
         yield opened
@@ -422,7 +423,7 @@ async def test_an_edge_killed_9_raises_an_emergency_that_resolves_when_it_return
         webhook_url=hook_url,
         webhook_timeout_s=2,
     )
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         seed = central_seed(keys)
         await store.run(lambda conn: master.apply_seed(conn, seed, batch="test"))
         central = CentralService(

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from stores import central_db, open_store
 
 from central import anomalies, master, operations
 from central.adapters.sqlite_store import CentralStore
@@ -45,7 +46,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         },
         master.CentralSeed,
     )
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(lambda conn: master.apply_seed(conn, seed, batch="t"))
         yield central
 

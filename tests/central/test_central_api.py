@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from stores import central_db, open_store
 
 from central import master, queries
 from central.adapters.sqlite_store import CentralStore
@@ -43,7 +44,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         },
         master.CentralSeed,
     )
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         await store.run(lambda conn: master.apply_seed(conn, seed, batch="t"))
         tokens = {}
         for role in queries.ROLES:

@@ -18,6 +18,7 @@ import msgspec
 import openpyxl
 import pytest
 from click.testing import CliRunner
+from stores import central_db, open_store
 
 from central import attendance as att
 from central import master
@@ -91,7 +92,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         att.add_roster(conn, RosterEntry("day", date(2026, 1, 1), department="hq"), operator="hr")
         att.set_calendar_day(conn, MONDAY + timedelta(days=2), "holiday", operator="hr")
 
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(setup)
         yield central
 

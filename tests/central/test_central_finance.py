@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
+from stores import central_db, open_store
 
 from central import finance, master, operations
 from central.adapters.sqlite_store import CentralStore
@@ -55,7 +56,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         master.apply_seed(conn, seed, batch="t")
         finance.set_clearing_config(conn, SiteDay(timezone="Asia/Shanghai", cutoff_hour=4))
 
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(setup)
         yield central
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from stores import central_db, open_store
 from test_central_artifacts import PASSWORD, SITE, WHEEL, signed_release
 
 from central import users
-from central.adapters.sqlite_store import CentralStore
 from central.artifacts import ReleaseStore, SitePasswords, artifact_app
 from central.cli import main
 from central.core.release import public_key_of
@@ -53,7 +53,7 @@ async def https(tmp_path: Path) -> AsyncIterator[tuple[str, Path, ReleaseStore]]
     )
     passwd = tmp_path / "passwd"
     passwd.write_text(f"{SITE}:{hash_password(PASSWORD)}\n")
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         sock = socket.create_server(("127.0.0.1", 0))
         server = dashboard_server(
             store,

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from stores import central_db, open_store
 
 from central import master
 from central.adapters.sqlite_store import CentralStore
@@ -69,7 +70,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         },
         master.CentralSeed,
     )
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(lambda conn: master.apply_seed(conn, seed, batch="t"))
         yield central
 

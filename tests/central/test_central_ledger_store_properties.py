@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import msgspec
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from stores import central_db, open_store
 
 from central import finance, master, operations
 from central.adapters.sqlite_store import CentralStore
@@ -719,7 +720,7 @@ async def in_fresh_store(sc: Scenario, sent: Sent, order: Sequence[Arrival]) -> 
     (d), (e), and that a cancel empties the purses; returns what was asked, the books and
     each site-day's clearing totals."""
     with tempfile.TemporaryDirectory(prefix="onecard-props-") as tmp:
-        async with CentralStore.open(Path(tmp) / "central.db") as store:
+        async with open_store(central_db(Path(tmp))) as store:
             played = await play(store, sc, sent, order)
             for site, records in sent.by_site.items():  # ingest's own count: each once
                 results = [r for r in played.ingested if r.site == site]
@@ -819,7 +820,7 @@ def test_a_sale_is_never_given_back_more_than_it_cost(sc: Scenario) -> None:
 
     async def books() -> Books:
         with tempfile.TemporaryDirectory(prefix="onecard-props-") as tmp:
-            async with CentralStore.open(Path(tmp) / "central.db") as store:
+            async with open_store(central_db(Path(tmp))) as store:
                 await play(store, sc, sent, sc.orders[0])
                 return await store.run(read_books)
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from broker import PrivateBroker
 from playwright.async_api import async_playwright, expect
+from stores import central_db, open_store
 from sync_system import until
 
 from central import master, queries, users
@@ -151,7 +152,7 @@ def _start_edge(broker: PrivateBroker, password: str, data: Path) -> subprocess.
 async def hq(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[HQ]:
     password = broker.add_site(SITE)
     hashed = users.hash_password(PASSWORD)
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         tokens: dict[str, str] = {}
 
         def setup(conn: Any) -> None:
@@ -482,7 +483,7 @@ async def lone_hub(tmp_path: Path) -> AsyncIterator[tuple[TailHub, list[Any]]]:
         sent.append(command)
         return True
 
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         await store.run(lambda conn: master.register_site(conn, SITE))
         yield TailHub(store, send), sent
 

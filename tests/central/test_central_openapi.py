@@ -14,9 +14,9 @@ import msgspec
 import pytest
 import schemathesis
 from starlette.routing import BaseRoute, Mount, Route
+from stores import central_db, open_store
 
 from central import openapi, queries, users
-from central.adapters.sqlite_store import CentralStore
 from central.core.effects import ReasonCode, Rejected
 from central.core.operations import AnyRequest
 from central.web.app import Dashboard, dashboard_server
@@ -43,7 +43,7 @@ def routes_of(app: typing.Any, prefix: str = "") -> Routes:
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Dashboard, httpx.AsyncClient, str]]:
     """The dashboard as ``onecard-central serve --http`` composes it, in process, and a
     technician's token (the least the document asks)."""
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         token = await store.run(lambda conn: queries.add_token(conn, "tech", "technician"))
         secret = await store.run(users.web_key)
         app = dashboard_server(store, "127.0.0.1", 0, secret_key=secret).config.app

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from stores import central_db, open_store
 
 from central import master, operations
 from central.adapters.sqlite_store import CentralStore
@@ -50,7 +51,7 @@ async def store(tmp_path: Path) -> AsyncIterator[CentralStore]:
         )
         operations.save_policy(conn, Policy(cancel_fee_fen=500, reissue_fee_fen=1000))
 
-    async with CentralStore.open(tmp_path / "central.db") as central:
+    async with open_store(central_db(tmp_path)) as central:
         await central.run(setup)
         yield central
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from stores import central_db, open_store
 from web_harness import Clock, Dash, migrate_with_web, password_hash
 
 from central import master, users
@@ -27,7 +28,7 @@ def web_schema(monkeypatch: pytest.MonkeyPatch) -> None:
 async def dash(tmp_path: Path) -> AsyncIterator[Dash]:
     """The dashboard with a user per role (``admin-1`` … ``auditor-1``) and two sites."""
     clock = Clock()
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         for role in users.ROLES:
             await store.run(
                 lambda conn, role=role: users.add_user(

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stores import central_db, open_store
 from web_harness import PASSWORD, password_hash
 
 from central import queries, users
-from central.adapters.sqlite_store import CentralStore
 from central.cli_users import user as user_group
 
 
@@ -62,7 +62,7 @@ def test_a_lock_doubles_from_one_minute_to_at_most_fifteen():
 
 def test_failures_are_counted_per_user_and_address_per_user_and_per_address(tmp_path):
     async def go():
-        async with CentralStore.open(tmp_path / "c.db") as store:
+        async with open_store(central_db(tmp_path, "c.db")) as store:
             await store.run(
                 lambda c: users.add_user(
                     c, "li.na", "operator", password_hash(), operator="t", source="test"
@@ -161,7 +161,7 @@ def test_the_user_commands_add_change_disable_and_list_and_audit_each(tmp_path):
 
 def test_the_session_key_is_made_once_and_kept(tmp_path):
     async def go():
-        async with CentralStore.open(tmp_path / "c.db") as store:
+        async with open_store(central_db(tmp_path, "c.db")) as store:
             first = await store.run(users.web_key)
             assert len(first) == 32
             assert await store.run(users.web_key) == first

@@ -28,6 +28,7 @@ import httpx
 import msgspec
 import pytest
 from starlette.routing import Route
+from stores import central_db, open_store
 from web_harness import Clock, Dash, csrf_of, password_hash, sign_in
 
 from central import master, openapi, queries, users
@@ -194,7 +195,7 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
             tokens[role] = queries.add_token(conn, f"{role}-token", role)
         return tokens
 
-    async with CentralStore.open(tmp_path / "central.db") as store:
+    async with open_store(central_db(tmp_path)) as store:
         tokens = await store.run(setup)
         secret = await store.run(users.web_key)
         sock = socket.create_server(("127.0.0.1", 0))
