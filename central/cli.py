@@ -136,6 +136,15 @@ def version() -> None:
     help="the broker's password file (broker-dir/passwd): sites download releases with "
     "their MQTT credentials",
 )
+@click.option(
+    "--worker",
+    default="main",
+    show_default=True,
+    envvar="ONECARD_CENTRAL_WORKER",
+    metavar="NAME",
+    help="this worker's name, stable across restarts (its broker session); with "
+    "--db postgresql://… give each worker its own (docs/scaling.md)",
+)
 @click.option("--log-level", default="info", show_default=True)
 def serve(
     db_path: DbTarget,
@@ -152,12 +161,13 @@ def serve(
     alert_interval: float,
     release_store: Path | None,
     site_passwords: Path | None,
+    worker: str,
     log_level: str,
 ) -> None:
     """Run central: ingest records, publish acks, feed and blacklist, and the dashboard
     with the JSON API (--http), until SIGTERM."""
     from central.service import CentralService
-    from central.store import open_store
+    from central.store import is_postgres, open_store
     from edge_agent.adapters.mqtt_client import BrokerSettings
     from edge_agent.logs import configure_logging
 
@@ -190,7 +200,12 @@ def serve(
         from central.web.page import WebConfig
 
         async with open_store(db_path) as store:
-            service = CentralService(store, broker, alerting=alerting)
+            service = CentralService(store, broker, alerting=alerting, worker=worker)
+            if is_postgres(db_path):
+                from central.leader import PostgresLease
+
+                service.leadership = PostgresLease(dsn=str(db_path), worker=worker)
+                service.shared_uplink = True
             from central.logtail import TailHub
 
             hub = service.logtail = TailHub(store, service.send_command)

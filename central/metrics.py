@@ -139,6 +139,12 @@ class _CentralCollector(Collector):
                 "1 while this worker is connected to the broker.",
                 int(service.ready.is_set()),
             )
+            yield _gauge(
+                "onecard_central_leader",
+                "1 while this worker leads: publishes the feed and blacklist, runs alerts, "
+                "housekeeping and rollouts (exactly one worker should, docs/scaling.md).",
+                int(service.leading),
+            )
             yield _counter(
                 "onecard_central_batches_ingested",
                 "Record batches committed (this process).",

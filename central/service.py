@@ -16,6 +16,15 @@ Tasks, all owned by one TaskGroup per broker connection:
 
 ``central/state`` is retained ``online: true`` while connected, and the Will says
 ``online: false`` if central dies.
+
+**Several workers** (PostgreSQL; docs/scaling.md): every worker ingests — the uplink's
+records and health come through MQTT shared subscriptions (``$share/central/…``), so the
+broker hands each message to one of them — and publishes the acks of what it ingested,
+computed from the database. Births, replies and log lines reach every worker. Exactly one
+worker *leads* (:mod:`central.leader`): only the leader publishes the feed and blacklist,
+catches up sites that come online, and runs alerts, housekeeping, the gap watch and
+rollouts. A worker that becomes leader first catches up every online site from the versions
+they last reported. The dashboard and API run on any worker.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from central import access, alerts, anomalies, finance, master
 from central.adapters.sqlite_store import StoreError
 from central.alerts import AlertSettings
 from central.ingest import UnknownSiteError, dead_letter, ingest_batch
+from central.leader import Leadership, SoleLeader
 from central.logtail import TailHub
 from central.rollouts import RolloutDriver
 from central.store import Store
@@ -79,6 +89,10 @@ FANOUT = 32
 INGEST_CONCURRENCY = 32
 #: Alert changes waiting for the webhook; past this they are dropped (and counted).
 WEBHOOK_QUEUE = 1000
+#: Births and deaths handled at once (each site's in the order they came).
+STATE_CONCURRENCY = 64
+#: The MQTT shared-subscription group of central's workers.
+SHARE_GROUP = "central"
 
 
 @dataclass
@@ -104,6 +118,13 @@ class CentralService:
     logtail: TailHub | None = None
     #: Staged upgrades (``up/reply`` of ``upgrade`` commands goes there); None: not driven.
     rollouts: RolloutDriver | None = None
+    #: Whether this worker leads (see the module docs); the sole worker on SQLite always does.
+    leadership: Leadership = field(default_factory=SoleLeader)
+    #: Take records and health through shared subscriptions (several workers).
+    shared_uplink: bool = False
+    _states: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(STATE_CONCURRENCY))
+    #: Per site: the births/deaths being handled, so each site's are handled in order.
+    _site_turns: dict[str, asyncio.Lock] = field(default_factory=dict)
     _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(INGEST_CONCURRENCY))
     #: Per (site, epoch, lane) with an ack being published: the newest watermark to send.
     _acks: dict[tuple[str, int, int], int] = field(default_factory=dict)
@@ -117,7 +138,21 @@ class CentralService:
         self.stats[name] = self.stats.get(name, 0) + n
 
     async def run(self) -> None:
-        """Stay connected to the broker until :meth:`stop`, reconnecting with backoff."""
+        """Stay connected to the broker until :meth:`stop`, reconnecting with backoff; hold
+        or try for the leadership meanwhile."""
+        lease = asyncio.create_task(self.leadership.run(self.stopping), name="leader-lease")
+        try:
+            await self._stay_connected()
+        finally:
+            self.stopping.set()
+            await lease
+
+    @property
+    def leading(self) -> bool:
+        """Whether this worker leads now."""
+        return self.leadership.acquired.is_set()
+
+    async def _stay_connected(self) -> None:
         delay = 0.5
         while not self.stopping.is_set():
             sessions = self.stats.get("connections", 0)
@@ -143,7 +178,15 @@ class CentralService:
             qos=1,
             retain=True,
         )
-        client = make_client(self.broker, identifier=f"central-{self.worker}", will=will)
+        # Sharing the uplink, a worker's session ends with its connection: mosquitto keeps
+        # handing a disconnected persistent member its share of a shared subscription, so a
+        # dead worker would swallow records until the sites resent them.
+        client = make_client(
+            self.broker,
+            identifier=f"central-{self.worker}",
+            will=will,
+            persistent=not self.shared_uplink,
+        )
         async with client:
             self._client = client
             self.online.clear()
@@ -155,37 +198,28 @@ class CentralService:
                 Channel.UP_REPLY,
                 Channel.UP_LOGS,
             ):
-                await client.subscribe(site_filter(channel), qos=1)
-            await client.publish(
-                global_topic(Channel.CENTRAL_STATE),
-                encode(CentralState(online=True, at=datetime.now(UTC))),
-                qos=1,
-                retain=True,
-            )
-            self._last_head = await self.store.run(master.head_version)
+                shared = self.shared_uplink and channel in (Channel.UP_RECORDS, Channel.UP_HEALTH)
+                prefix = f"$share/{SHARE_GROUP}/" if shared else ""
+                await client.subscribe(prefix + site_filter(channel), qos=1)
+            if self.shared_uplink:
+                # another worker's Will may say "offline" while this one leads: see _consume
+                await client.subscribe(global_topic(Channel.CENTRAL_STATE), qos=1)
             self.count("connections")
-            log.info("central.connected", worker=self.worker, broker=self.broker.host)
+            log.info(
+                "central.connected",
+                worker=self.worker,
+                broker=self.broker.host,
+                shared=self.shared_uplink,
+            )
             self.ready.set()
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._consume(client, group))
-                    group.create_task(self._publisher())
-                    group.create_task(self._gap_watch())
-                    group.create_task(self._housekeeping())
-                    hooks: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(WEBHOOK_QUEUE)
-                    group.create_task(self._alerts(hooks))
-                    group.create_task(self._webhook(hooks))
-                    if self.rollouts is not None:
-                        group.create_task(self.rollouts.run())
+                    group.create_task(self._lead())
                     group.create_task(self._until_stopped())
             except* _Stopped:
                 with contextlib.suppress(aiomqtt.MqttError):
-                    await client.publish(
-                        global_topic(Channel.CENTRAL_STATE),
-                        encode(CentralState(online=False, at=datetime.now(UTC))),
-                        qos=1,
-                        retain=True,
-                    )
+                    await self._announce(online=False)
             finally:
                 self._client = None
                 self.ready.clear()
@@ -193,6 +227,54 @@ class CentralService:
     async def _until_stopped(self) -> None:
         await self.stopping.wait()
         raise _Stopped
+
+    async def _announce(self, *, online: bool) -> None:
+        await self._publish(
+            global_topic(Channel.CENTRAL_STATE),
+            encode(CentralState(online=online, at=datetime.now(UTC))),
+            retain=True,
+        )
+
+    # -- leading ------------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """While this worker leads (always, for the sole worker): publish and watch. Ends
+        its duties when the leadership is lost, and takes them up again if regained."""
+        while True:
+            await self.leadership.acquired.wait()
+            self.count("leader_terms")
+            log.info("central.leading", worker=self.worker)
+            try:
+                async with asyncio.TaskGroup() as duties:
+                    duties.create_task(self._take_over())
+                    duties.create_task(self._blacklist_publisher())
+                    duties.create_task(self._publisher())
+                    duties.create_task(self._gap_watch())
+                    duties.create_task(self._housekeeping())
+                    hooks: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(WEBHOOK_QUEUE)
+                    duties.create_task(self._alerts(hooks))
+                    duties.create_task(self._webhook(hooks))
+                    if self.rollouts is not None:
+                        duties.create_task(self.rollouts.run())
+                    duties.create_task(self._until_lost())
+            except* _LeadershipLost:
+                self.count("leader_lost")
+                log.warning("central.not_leading", worker=self.worker)
+                self.sent_feed.clear()
+
+    async def _until_lost(self) -> None:
+        await self.leadership.lost.wait()
+        raise _LeadershipLost
+
+    async def _take_over(self) -> None:
+        """Announce HQ online and bring every online site up to date from the versions it
+        last reported (a new leader has sent none of them anything)."""
+        await self._announce(online=True)
+        self._last_head = await self.store.run(master.head_version)
+        reported = await self.store.run(_reported_versions)
+        for site in list(self.online):
+            if site in reported and site not in self.sent_feed:
+                await self._catch_up(site, *reported[site])
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -207,12 +289,16 @@ class CentralService:
                 continue
             site = topic.site
             if site is None:
+                if topic.channel is Channel.CENTRAL_STATE and self.leading:
+                    await self._reassert(payload)
                 continue
             if topic.channel is Channel.UP_RECORDS:
                 await self._slots.acquire()
                 group.create_task(self._records(site, topic_name, payload))
             elif topic.channel is Channel.UP_STATE:
-                await self._state(site, topic_name, payload)
+                await self._states.acquire()
+                turn = self._site_turns.setdefault(site, asyncio.Lock())
+                group.create_task(self._state_in_turn(turn, site, topic_name, payload))
             elif topic.channel is Channel.UP_HEALTH:
                 await self._health(site, topic_name, payload)
             elif topic.channel is Channel.UP_REPLY and self._answered(site, payload):
@@ -287,6 +373,25 @@ class CentralService:
         finally:
             del self._acks[key]
 
+    async def _reassert(self, payload: bytes) -> None:
+        """Another worker's Will said HQ is offline while this one leads: say it is not."""
+        try:
+            if not decode(payload, CentralState).online:
+                await self._announce(online=True)
+        except MessageError:
+            pass
+
+    async def _state_in_turn(
+        self, turn: asyncio.Lock, site: str, topic: str, payload: bytes
+    ) -> None:
+        try:
+            async with turn:  # FIFO: a site's birth and death are handled in their order
+                await self._state(site, topic, payload)
+        finally:
+            self._states.release()
+            if not turn.locked() and self._site_turns.get(site) is turn:
+                del self._site_turns[site]
+
     async def _state(self, site: str, topic: str, payload: bytes) -> None:
         if not payload:
             return  # a retained state being cleared
@@ -301,6 +406,8 @@ class CentralService:
                 await self._dead_letter(topic, site, f"site {site} is not registered", payload)
                 return
             self.online.add(site)
+            if not self.leading:
+                return  # the leader catches it up
             if self.rollouts is not None:
                 await self.rollouts.on_birth(site, state.version)
             log.info(
@@ -520,16 +627,23 @@ class CentralService:
             )
             self.sent_feed[site] = changes[-1][0]
 
-    async def _publisher(self) -> None:
+    async def _blacklist_publisher(self) -> None:
+        """New blacklist deltas, broadcast (retained head) every ``PUBLISH_INTERVAL_S``. A
+        loop of its own: a lost card must be refused everywhere at once, never after a
+        fan-out of balances to hundreds of sites."""
         while True:
             raise_if_cancelling()
-            # The blacklist first: one broadcast reaches every site, and a lost card must be
-            # refused everywhere before anything else goes out.
             deltas: list[BlacklistDelta] = await self.store.run(_unpublished_blacklist)
             for delta in deltas:
                 await self._publish(global_topic(Channel.BLACKLIST), encode(delta), retain=True)
                 await self.store.run(partial(_mark_published, version=delta.version))
                 self.count("blacklist_published")
+                log.info("blacklist.published", version=delta.version, worker=self.worker)
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def _publisher(self) -> None:
+        while True:
+            raise_if_cancelling()
             if time.monotonic() - self._last_flush >= BALANCE_FLUSH_S:
                 self._last_flush = time.monotonic()
                 await self.store.run(master.flush_balances)
@@ -586,6 +700,19 @@ class CentralService:
 
 class _Stopped(Exception):  # noqa: N818 - control flow: ends the session's TaskGroup
     pass
+
+
+class _LeadershipLost(Exception):  # noqa: N818 - control flow: ends the leader's duties
+    pass
+
+
+def _reported_versions(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """Each online site's feed and blacklist versions, as it last reported them."""
+    rows = conn.execute(
+        "SELECT id, coalesce(feed_version, 0), coalesce(blacklist_version, 0) FROM sites"
+        " WHERE online = 1 AND removed = 0"
+    ).fetchall()
+    return {str(site): (int(feed), int(blacklist)) for site, feed, blacklist in rows}
 
 
 def _record_birth(conn: sqlite3.Connection, site: str, state: SiteBirth, payload: bytes) -> bool:

@@ -70,11 +70,17 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def make_client(
-    settings: BrokerSettings, *, identifier: str, will: aiomqtt.Will | None = None
+    settings: BrokerSettings,
+    *,
+    identifier: str,
+    will: aiomqtt.Will | None = None,
+    persistent: bool = True,
 ) -> aiomqtt.Client:
-    """An MQTT v5 client with a persistent session (clean start only the first time)."""
+    """An MQTT v5 client with a persistent session (clean start only the first time), or
+    with ``persistent=False`` a session that ends with the connection (a worker sharing a
+    subscription: the broker must not keep handing a dead member its share)."""
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = SESSION_EXPIRY_S
+    properties.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
     return aiomqtt.Client(
         settings.host,
         settings.port,
@@ -84,7 +90,7 @@ def make_client(
         protocol=aiomqtt.ProtocolVersion.V5,
         will=will,
         keepalive=settings.keepalive_s,
-        clean_start=False,
+        clean_start=not persistent,
         properties=properties,
         tls_context=tls_context(settings.ca_file) if settings.tls else None,
         max_inflight_messages=100,

@@ -65,7 +65,11 @@ CHECKPOINT_INTERVAL_S = 0.25
 #: ... and the writer checkpoints between batches once the WAL holds this many frames.
 WAL_WRAP_FRAMES = 16_384
 #: Page cache of the writer connection (KiB): the hot tables and indexes stay in memory.
-WRITER_CACHE_KIB = 65_536
+#: SQLite fills it lazily and never gives it back, so it is the edge's RSS ceiling less
+#: ~50 MB of interpreter: 64 MiB took a 100,000-card site to 122 MB once every page had
+#: been touched, 16 MiB holds it at ~68 MB (issue 10's target is < 80 MB) for a few µs
+#: more per tap on the pages read back from the OS (bench/edge_footprint.py).
+WRITER_CACHE_KIB = 16_384
 _SQLITE_BUSY = 5
 
 

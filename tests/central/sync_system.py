@@ -95,6 +95,34 @@ async def until(predicate: Callable[[], Awaitable[bool]], within: float = 15) ->
             await asyncio.sleep(0.05)
 
 
+async def launch_edge(
+    broker: PrivateBroker, tmp_path: Path, site: str, password: str
+) -> tuple[EdgeService, asyncio.Task[None]]:
+    """A site's edge running (data under ``tmp_path / site``) with central's snapshot."""
+    data = tmp_path / site
+    data.mkdir(exist_ok=True)
+    (data / "mqtt.password").write_text(password)
+    config = EdgeConfig(
+        site=site,
+        data_dir=data,
+        terminals=TerminalsConfig(listen="127.0.0.1:0"),
+        mqtt=MqttConfig(
+            url=broker.url,
+            password_file=data / "mqtt.password",
+            ca_file=broker.dir.ca_cert,
+        ),
+    )
+    edge = EdgeService(config, version="test")
+    task = asyncio.create_task(edge.run())
+    await asyncio.wait_for(edge.ready.wait(), 10)
+
+    async def has_terminals() -> bool:  # the snapshot from central has arrived
+        return edge.site is not None and len(edge.site.terminals) == len(KINDS)
+
+    await until(has_terminals)
+    return edge, task
+
+
 async def build_system(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[System]:
     """Central and both sites running, seeded, each site holding its snapshot."""
     keys = {(site, tid): auth.new_key() for site in SITES for tid in KINDS}
@@ -118,29 +146,10 @@ async def build_system(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[S
         edge_tasks: dict[str, asyncio.Task[None]] = {}
 
         async def start_edge(site: str) -> EdgeService:
-            data = tmp_path / site
-            data.mkdir(exist_ok=True)
-            (data / "mqtt.password").write_text(passwords[site])
-            config = EdgeConfig(
-                site=site,
-                data_dir=data,
-                terminals=TerminalsConfig(listen="127.0.0.1:0"),
-                mqtt=MqttConfig(
-                    url=broker.url,
-                    password_file=data / "mqtt.password",
-                    ca_file=broker.dir.ca_cert,
-                ),
+            edges[site], edge_tasks[site] = await launch_edge(
+                broker, tmp_path, site, passwords[site]
             )
-            edge = EdgeService(config, version="test")
-            edge_tasks[site] = asyncio.create_task(edge.run())
-            await asyncio.wait_for(edge.ready.wait(), 10)
-            edges[site] = edge
-
-            async def has_terminals() -> bool:  # the snapshot from central has arrived
-                return edge.site is not None and len(edge.site.terminals) == len(KINDS)
-
-            await until(has_terminals)
-            return edge
+            return edges[site]
 
         for site in SITES:
             await start_edge(site)
