@@ -146,6 +146,12 @@ class _CentralCollector(Collector):
                 int(service.leading),
             )
             yield _counter(
+                "onecard_central_store_retries",
+                "Transactions run again after losing a race with another worker "
+                "(PostgreSQL serialization failures; always 0 on SQLite).",
+                int(getattr(service.store, "retries", 0)),
+            )
+            yield _counter(
                 "onecard_central_batches_ingested",
                 "Record batches committed (this process).",
                 stats.get("batches", 0),
