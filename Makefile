@@ -10,10 +10,13 @@ setup:
 	@scripts/bootstrap.sh
 
 ## test: lint, type-check, then the whole test suite (unit + integration against real daemons)
+##       on SQLite, then central's suite again on PostgreSQL (a private cluster; tests that
+##       pick their own store ran in the first pass)
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+	ONECARD_TEST_STORE=postgresql $(BIN)/pytest tests/central -m "not store_fixed"
 
 ## demo: a branch's day on a real edge, then the whole chain (broker, HQ, two branches)
 ##       for DURATION seconds (default 15), ending with a check of the books

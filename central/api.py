@@ -145,6 +145,7 @@ class _Endpoints:
             try:
                 who = await _authenticate(self.store, request)
                 _allow(who, roles, request)
+                _refuse_nul(request)
                 return await handler(request, who)
             except ApiError as exc:
                 self.state.count(f"api_error_{exc.code}")
@@ -160,6 +161,8 @@ class _Endpoints:
             raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, "bad_json", "the body is nested too deeply") from None
+        if _has_nul(fields):
+            raise ApiError(400, "invalid_request", _NUL)
         fields.update(operator=who.name, source="hq:api")
         try:
             op: AnyRequest = _request_decoder.decode(msgspec.json.encode(fields))
@@ -366,11 +369,38 @@ def _allow(who: Identity, roles: frozenset[str], request: Request) -> None:
 
 def _decode(body: bytes, kind: type[T]) -> T:
     try:
-        return msgspec.json.decode(body, type=kind)
+        value = msgspec.json.decode(body, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
     except RecursionError:
         raise ApiError(400, "invalid_request", "the body is nested too deeply") from None
+    if _has_nul(msgspec.to_builtins(value)):
+        raise ApiError(400, "invalid_request", _NUL)
+    return value
+
+
+_NUL = "text must not contain a NUL character"
+
+
+def _refuse_nul(request: Request) -> None:
+    """A NUL character in the path or query names nothing central stores (PostgreSQL's text
+    cannot hold one; SQLite's could): refused here, as any other malformed input."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiError(404, "not_found", f"no {name} with a NUL character")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value:
+            raise ApiError(400, "invalid_request", f"{name}: {_NUL}")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class _AnomalyChange(msgspec.Struct, forbid_unknown_fields=True):

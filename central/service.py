@@ -343,13 +343,15 @@ class CentralService:
                 log.exception("ingest.failed", site=site, topic=topic)
                 await self._dead_letter(topic, site, f"ingest failed: {exc!r}", payload)
                 return
-            self.count("batches")
-            self.count("records_new", result.new)
-            self.count("records_duplicate", result.duplicates)
-            self.count("records_dead", result.dead)
-            await self._ack(site, result.epoch, result.lane, result.acked_seq)
         finally:
+            # The slot bounds batches being decoded and ingested; the ack (a PUBACK round trip,
+            # coalesced per lane) must not hold one, or acks would throttle ingest.
             self._slots.release()
+        self.count("batches")
+        self.count("records_new", result.new)
+        self.count("records_duplicate", result.duplicates)
+        self.count("records_dead", result.dead)
+        await self._ack(site, result.epoch, result.lane, result.acked_seq)
 
     async def _ack(self, site: str, epoch: int, lane: int, acked_seq: int) -> None:
         """Publish a lane's watermark (committed: the caller's transaction is). While one ack

@@ -92,7 +92,7 @@ def _site_rows(conn: sqlite3.Connection, blacklist_head: int, only: str | None) 
     rows = conn.execute(
         "SELECT id, online, last_seen_ms, version, outbox_depth, outbox_oldest_age_s,"
         " feed_version, blacklist_version, state FROM sites WHERE removed = 0"
-        " AND (? IS NULL OR id = ?) ORDER BY id",
+        " AND (CAST(? AS TEXT) IS NULL OR id = ?) ORDER BY id",
         (only, only),
     ).fetchall()
     health = latest_health(conn)
@@ -194,10 +194,8 @@ def fingerprint(conn: sqlite3.Connection) -> object:
 
 
 def latest_health(conn: sqlite3.Connection) -> dict[str, tuple[dict[str, tuple[bool]], int]]:
-    """Each site's last ``up/health`` report, if central keeps them (the alerts' table):
+    """Each site's last ``up/health`` report (the alerts' ``site_health`` table):
     ``{site: ({terminal: (online,)}, outbox depth)}``."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'site_health'").fetchone():
-        return {}
     found = {}
     for site, terminals, depth in conn.execute(
         "SELECT site, terminals, outbox_depth FROM site_health"

@@ -144,7 +144,7 @@ def test_time_zones_are_typed_the_way_operators_say_them(tmp_path: Path):
         with pytest.raises(access.AccessError, match=message):
             access.parse_weekly(bad)
     runner = CliRunner()
-    db = ["--db", str(tmp_path / "c.db")]
+    db = ["--db", str(central_db(tmp_path))]
     result = runner.invoke(cli, ["access", "zone", SITE, "Z", "--weekly", "mon-fri 9-18", *db])
     assert result.exit_code == 2 and "not a span" in result.output
     result = runner.invoke(cli, ["access", "grant", "P1", "L", "--to", "2027-01-01", *db])
@@ -203,7 +203,7 @@ async def test_an_access_change_at_hq_is_enforced_at_the_sites_door_within_secon
 
 def test_the_cli_builds_a_sites_doors_and_grants_in_order(tmp_path: Path):
     runner = CliRunner()
-    db = ["--db", str(tmp_path / "c.db")]
+    db = ["--db", str(central_db(tmp_path))]
 
     def run(*args: str) -> str:
         result = runner.invoke(cli, [*args, *db])

@@ -256,8 +256,8 @@ async def test_dead_letters_raise_a_normal_alert_that_clears_after_the_window(st
     await store.run(
         lambda conn: conn.execute(
             "INSERT INTO dead_letters (at_ms, topic, site, reason, payload) VALUES (?, 't', ?,"
-            " 'bad', x'00')",
-            (T0, SITE),
+            " 'bad', ?)",
+            (T0, SITE, b"\x00"),
         )
     )
     [opened] = (await evaluate(store, T0 + 1000)).opened
@@ -520,10 +520,10 @@ async def _edge_tcp_port(data: Path) -> int:
 
 
 def test_the_cli_lists_and_acknowledges_alerts(tmp_path: Path):
-    db = tmp_path / "central.db"
+    db = central_db(tmp_path)
 
     async def prepare() -> int:
-        async with CentralStore.open(db) as opened:
+        async with open_store(db) as opened:
             await opened.run(lambda conn: master.register_site(conn, SITE))
             await opened.run(_went_offline)
             [row] = (await evaluate(opened, T0 + 60_000, Thresholds(site_offline_s=0))).opened

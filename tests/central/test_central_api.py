@@ -286,3 +286,25 @@ async def test_a_settings_change_keeps_the_policy_fields_it_does_not_name(api):
         "/api/v1/settings", json={"policy": {"free_lunch": True}}, headers=api.auth("admin")
     )
     assert bad.status_code == 400 and "free_lunch" in bad.json()["error"]["message"]
+
+
+async def test_a_nul_character_names_nothing_and_is_refused_on_either_store(api):
+    admin = api.auth("admin")
+    person = await api.http.get("/api/v1/persons/P%001", headers=admin)
+    assert person.status_code == 404 and person.json()["error"]["code"] == "not_found"
+    listed = await api.http.get("/api/v1/anomalies", params={"site": "SZ\x00"}, headers=admin)
+    assert listed.status_code == 400 and "site" in listed.json()["error"]["message"]
+    body = recharge("r-nul", note="a\x00b")
+    posted = await api.http.post("/api/v1/operations", json=body, headers=api.auth("operator"))
+    assert posted.status_code == 400 and "NUL" in posted.json()["error"]["message"]
+    note = {"state": "acknowledged", "note": "x\x00"}
+    changed = await api.http.post("/api/v1/anomalies/1", json=note, headers=admin)
+    assert changed.status_code == 400 and "NUL" in changed.json()["error"]["message"]
+    assert (
+        await api.store.run(
+            lambda conn: conn.execute(
+                "SELECT count(*) FROM audit WHERE action = 'money.recharge'"
+            ).fetchone()[0]
+        )
+        == 0
+    )

@@ -13,7 +13,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -21,9 +20,9 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
+from stores import central_db, open_store
 
 from central import master, openapi, queries, users
-from central.adapters.sqlite_store import CentralStore
 from central.ingest import anomaly
 from central.web.app import dashboard_server
 
@@ -59,13 +58,13 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The dashboard (with the API) on its own event loop in a thread: schemathesis calls it
     with blocking ``requests``."""
-    path: Path = tmp_path_factory.mktemp("fuzz") / "central.db"
+    db = central_db(tmp_path_factory.mktemp("fuzz"))
     ready = threading.Event()
     running: list[Served] = []
     failure: list[BaseException] = []
 
     async def serve() -> None:
-        async with CentralStore.open(path) as store:
+        async with open_store(db) as store:
 
             def seed(conn: sqlite3.Connection) -> None:
                 master.apply_seed(conn, msgspec.convert(SEED, master.CentralSeed), batch="fuzz")

@@ -18,7 +18,7 @@ import msgspec
 import openpyxl
 import pytest
 from click.testing import CliRunner
-from stores import central_db, open_store
+from stores import central_db, db_of, open_store
 
 from central import attendance as att
 from central import master
@@ -227,7 +227,7 @@ async def test_a_departments_month_matches_the_hand_computed_fixture(store: Cent
 async def test_the_month_exports_as_csv_and_xlsx(store: CentralStore, tmp_path: Path):
     await fill_week(store)
     runner = CliRunner()
-    db = str(tmp_path / "central.db")
+    db = db_of(store)
     out_csv, out_xlsx = tmp_path / "nov.csv", tmp_path / "nov.xlsx"
     result = await asyncio.to_thread(  # the CLI runs its own event loop
         runner.invoke,
@@ -259,7 +259,7 @@ async def test_the_month_exports_as_csv_and_xlsx(store: CentralStore, tmp_path: 
 
 def test_the_cli_configures_shifts_rosters_and_refuses_bad_input(tmp_path: Path):
     runner = CliRunner()
-    db = ["--db", str(tmp_path / "c.db")]
+    db = ["--db", str(central_db(tmp_path))]
     ok = runner.invoke(
         cli,
         ["attendance", "shift", "night", "--start", "22:00", "--end", "06:00",
@@ -297,7 +297,7 @@ def test_the_cli_configures_shifts_rosters_and_refuses_bad_input(tmp_path: Path)
 
 def test_the_department_tree_and_the_people_go_out_and_come_back_in(tmp_path: Path):
     runner = CliRunner()
-    db = ["--db", str(tmp_path / "c.db")]
+    db = ["--db", str(central_db(tmp_path))]
     tree = tmp_path / "tree.csv"
     # children before parents, GB18030 as Excel on a Chinese Windows saves it
     tree.write_bytes(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from stores import central_db
 
 from central.cli import main
 
@@ -15,8 +16,8 @@ ALICE = "04A1B2C3D4E5F6"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "central.db"
+def db(tmp_path: Path) -> Path | str:
+    path = central_db(tmp_path)
     seed = tmp_path / "seed.json"
     seed.write_text(
         json.dumps(
@@ -31,12 +32,12 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def cli(db: Path, *args: str, stdin: str | None = None):
+def cli(db: Path | str, *args: str, stdin: str | None = None):
     env = {"ONECARD_CENTRAL_DB": str(db), "SUDO_USER": "op-li"}  # the operator by default
     return CliRunner().invoke(main, [*args], env=env, input=stdin)
 
 
-def person(db: Path, pid: str) -> dict:
+def person(db: Path | str, pid: str) -> dict:
     shown = cli(db, "person", "show", pid)
     assert shown.exit_code == 0, shown.output
     return json.loads(shown.output)

@@ -224,7 +224,7 @@ async def test_a_unilateral_recharge_is_flagged_then_credited_once_on_proof(stor
 
 
 def test_clearing_and_reconcile_from_the_command_line(tmp_path):
-    db = tmp_path / "central.db"
+    db = central_db(tmp_path)
     env = {"ONECARD_CENTRAL_DB": str(db), "SUDO_USER": "fin-wu"}
     runner = CliRunner()
     assert runner.invoke(main, ["clearing", "config", "--cutoff-hour", "4"], env=env).exit_code == 0

@@ -5,34 +5,36 @@ nothing and says where and why."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from stores import central_db, read_db
 
 from central.cli import main
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 
 
-def cli(db: Path, *args: str):
+def cli(db: Path | str, *args: str):
     env = {"ONECARD_CENTRAL_DB": str(db), "SUDO_USER": "hr-zhao"}
     return CliRunner().invoke(main, [*args], env=env)
 
 
-def totals(db: Path) -> tuple[int, int, int, int]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT (SELECT count(*) FROM ledger), (SELECT sum(cash_fen) FROM ledger),"
-            " (SELECT sum(subsidy_fen) FROM ledger),"
-            " (SELECT count(*) FROM master WHERE entity IN ('person', 'card', 'ticket'))"
-        ).fetchone()
+def totals(db: Path | str) -> tuple[Any, ...]:
+    [row] = read_db(
+        db,
+        "SELECT (SELECT count(*) FROM ledger), (SELECT sum(cash_fen) FROM ledger),"
+        " (SELECT sum(subsidy_fen) FROM ledger),"
+        " (SELECT count(*) FROM master WHERE entity IN ('person', 'card', 'ticket'))",
+    )
+    return row
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "central.db"
+def db(tmp_path: Path) -> Path | str:
+    return central_db(tmp_path)
 
 
 def test_a_gbk_member_file_imports_once_even_when_run_twice(db):
@@ -83,6 +85,5 @@ def test_a_bad_file_imports_nothing_and_names_line_column_and_reason(db, tmp_pat
     found = {(e["line"], e["code"]) for e in report["errors"]}
     assert {(3, "duplicate_uid"), (3, "amount_fraction"), (4, "formula")} <= found
     assert totals(db) == (0, None, None, 0)  # all or nothing
-    with sqlite3.connect(db) as conn:
-        audit = conn.execute("SELECT action, outcome FROM audit").fetchall()
+    audit = read_db(db, "SELECT action, outcome FROM audit")
     assert audit == [("members.import", "rejected")]

@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stores import central_db, read_db
 
 from central import attendance as att
 from central import master
@@ -41,23 +42,26 @@ GOOD = "P1,张三,S1,Finance,04A1B2C3,12.50\nP2,李四,S2,Kitchen,04B2C3D4,0\n"
 FUZZ_CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "imports"
 
 
-def cli(db: Path, *args: str):
+def cli(db: Path | str, *args: str):
     env = {"ONECARD_CENTRAL_DB": str(db), "SUDO_USER": "hr-zhao"}
     return CliRunner().invoke(main, [*args], env=env)
 
 
-def imported(db: Path) -> tuple[int, int]:
+def imported(db: Path | str) -> tuple[Any, ...]:
     """Ledger entries and persons/cards/tickets in central (0, 0 before any import)."""
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         return (0, 0)
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT (SELECT count(*) FROM ledger),"
-            " (SELECT count(*) FROM master WHERE entity IN ('person', 'card', 'ticket'))"
-        ).fetchone()
+    [row] = read_db(
+        db,
+        "SELECT (SELECT count(*) FROM ledger),"
+        " (SELECT count(*) FROM master WHERE entity IN ('person', 'card', 'ticket'))",
+    )
+    return row
 
 
-def run_import(db: Path, tmp_path: Path, data: bytes, name: str) -> tuple[int, dict[str, Any]]:
+def run_import(
+    db: Path | str, tmp_path: Path, data: bytes, name: str
+) -> tuple[int, dict[str, Any]]:
     path = tmp_path / name
     path.write_bytes(data)
     answer = cli(db, "import", "members", str(path), "--json")
@@ -65,9 +69,8 @@ def run_import(db: Path, tmp_path: Path, data: bytes, name: str) -> tuple[int, d
     return answer.exit_code, json.loads(answer.output)
 
 
-def audit(db: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT action, outcome FROM audit ORDER BY id").fetchall()
+def audit(db: Path | str) -> list[tuple[Any, ...]]:
+    return read_db(db, "SELECT action, outcome FROM audit ORDER BY id")
 
 
 def xlsx(rows: list[list[object]], *, strings: bool = False) -> bytes:
@@ -87,8 +90,8 @@ def xlsx(rows: list[list[object]], *, strings: bool = False) -> bytes:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "central.db"
+def db(tmp_path: Path) -> Path | str:
+    return central_db(tmp_path)
 
 
 # -- refused: (file bytes, name) -> the (line, code, column) it must report -------------------
@@ -212,7 +215,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("data", "name", "expected"), REFUSED)
 def test_a_malformed_file_is_refused_naming_where_and_nothing_is_imported(
-    db: Path, tmp_path: Path, data: bytes, name: str, expected: set[tuple[int, str, str]]
+    db: Path | str, tmp_path: Path, data: bytes, name: str, expected: set[tuple[int, str, str]]
 ):
     code, report = run_import(db, tmp_path, data, name)
     assert code == 1
@@ -226,7 +229,7 @@ def test_a_malformed_file_is_refused_naming_where_and_nothing_is_imported(
     assert audit(db) == [("members.import", "rejected")]
 
 
-def test_one_bad_row_among_good_ones_imports_none_of_them(db: Path, tmp_path: Path):
+def test_one_bad_row_among_good_ones_imports_none_of_them(db: Path | str, tmp_path: Path):
     rows = "".join(f"P{i},Person {i},S{i},Ops,,{i}.00\n" for i in range(1, 200))
     code, report = run_import(db, tmp_path, (HEADER + rows + "P999,=1,,,,1\n").encode(), "a.csv")
     assert code == 1 and report["counts"]["rows"] == 200
@@ -265,28 +268,26 @@ ACCEPTED = [
 
 @pytest.mark.parametrize(("data", "name", "encoding"), ACCEPTED)
 def test_a_legitimately_odd_file_imports(
-    db: Path, tmp_path: Path, data: bytes, name: str, encoding: str
+    db: Path | str, tmp_path: Path, data: bytes, name: str, encoding: str
 ):
     code, report = run_import(db, tmp_path, data, name)
     assert code == 0, report["errors"]
     assert report["encoding"] == encoding
     assert imported(db) == (1, 4)  # P1's opening balance (P2 brings none); 2 persons, 2 cards
-    with sqlite3.connect(db) as conn:
-        names = {r[0] for r in conn.execute("SELECT json_extract(data, '$.name') FROM master")}
+    names = {r[0] for r in read_db(db, "SELECT json_extract(data, '$.name') FROM master")}
     assert "李四" in names
 
 
-def test_the_apostrophe_that_defuses_a_formula_is_kept_as_text(db: Path, tmp_path: Path):
+def test_the_apostrophe_that_defuses_a_formula_is_kept_as_text(db: Path | str, tmp_path: Path):
     code, report = run_import(db, tmp_path, (HEADER + "P1,'=1+1,S1,,,1\n").encode(), "a.csv")
     assert code == 0, report["errors"]
-    with sqlite3.connect(db) as conn:
-        [(name,)] = conn.execute(
-            "SELECT json_extract(data, '$.name') FROM master WHERE entity = 'person'"
-        ).fetchall()
+    [(name,)] = read_db(
+        db, "SELECT json_extract(data, '$.name') FROM master WHERE entity = 'person'"
+    )
     assert name == "'=1+1"
 
 
-def test_a_zip_bomb_is_refused_before_it_is_unpacked(db: Path, tmp_path: Path):
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(db: Path | str, tmp_path: Path):
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for n in range(5):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import pytest
-from stores import central_db, open_store
+from stores import central_db, open_store, rows
 
 from central import master
 from central.adapters.sqlite_store import CentralStore
@@ -108,11 +107,6 @@ async def ingest(store: CentralStore, raw: RawRecordBatch) -> IngestResult:
     )
 
 
-def query(store_path: Path, sql: str) -> list:
-    with sqlite3.connect(store_path) as conn:
-        return conn.execute(sql).fetchall()
-
-
 async def balance(store: CentralStore) -> tuple[int, int, int]:
     cash, ledger, covered = await store.run(
         lambda conn: conn.execute(
@@ -150,13 +144,13 @@ async def test_the_same_seq_with_other_content_is_an_anomaly_and_never_replaces_
     assert kinds == [("duplicate_conflict",)]
 
 
-async def test_a_bad_record_is_dead_lettered_alone_and_the_lane_moves_on(store, tmp_path):
+async def test_a_bad_record_is_dead_lettered_alone_and_the_lane_moves_on(store):
     good1, good3 = encode(purchase(1, 100)), encode(purchase(3, 100))
     bad = encode(purchase(2, 100)).replace(b'"amount":100', b'"amount":-5')
     result = await ingest(store, batch([purchase(1, 100)], payloads=[good1, bad, good3]))
     assert (result.acked_seq, result.dead, result.applied) == (3, 1, 3)
     assert await balance(store) == (800, 800, 3)
-    letters = query(tmp_path / "central.db", "SELECT reason FROM dead_letters")
+    letters = await rows(store, "SELECT reason FROM dead_letters")
     assert len(letters) == 1 and "records[1]" in letters[0][0] and "amount" in letters[0][0]
 
 

@@ -10,11 +10,10 @@ import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
-from stores import central_db, open_store
+from stores import central_db, open_store, rows
 
 from central import master
 from central.adapters.sqlite_store import CentralStore
@@ -81,29 +80,24 @@ async def ingest(store: CentralStore, raw: RawRecordBatch) -> IngestResult:
     )
 
 
-def rows(store: CentralStore, sql: str) -> list[Any]:
-    with sqlite3.connect(store.path) as conn:
-        return conn.execute(sql).fetchall()
-
-
 async def test_a_long_batch_lands_whole_with_balances_equal_to_the_ledger(store):
     uids = list(CARDS)
     sales = [purchase(seq, uids[seq % len(uids)], 100 + seq) for seq in range(1, 301)]
     result = await ingest(store, batch(sales))
     assert (result.new, result.applied, result.acked_seq, result.gap) == (300, 300, 300, False)
-    assert rows(store, "SELECT count(*), sum(applied) FROM records") == [(300, 300)]
-    assert rows(store, "SELECT count(*) FROM records WHERE applied = 0") == [(0,)]
-    assert rows(
+    assert await rows(store, "SELECT count(*), sum(applied) FROM records") == [(300, 300)]
+    assert await rows(store, "SELECT count(*) FROM records WHERE applied = 0") == [(0,)]
+    assert await rows(
         store,
         "SELECT count(*) FROM accounts a WHERE a.cash_fen !="
         " (SELECT sum(cash_fen) FROM ledger l WHERE l.person_id = a.person_id)",
     ) == [(0,)]
-    spent = rows(store, "SELECT -sum(cash_fen) FROM ledger WHERE kind = 'purchase'")[0][0]
+    spent = (await rows(store, "SELECT -sum(cash_fen) FROM ledger WHERE kind = 'purchase'"))[0][0]
     assert spent == sum(s.amount for s in sales)
     # each account's covers names the last sale of its card
     for uid, person in CARDS.items():
         last = max(s.seq for s in sales if s.card_uid == uid)
-        covers = dict(rows(store, "SELECT person_id, covers FROM accounts"))[person]
+        covers = dict(await rows(store, "SELECT person_id, covers FROM accounts"))[person]
         assert json.loads(covers) == {SITE: [EPOCH, last]}
 
 
@@ -112,10 +106,10 @@ async def test_a_resend_overlapping_the_watermark_counts_each_record_once(store)
     await ingest(store, batch([purchase(seq, uid, 10) for seq in range(1, 6)]))
     again = await ingest(store, batch([purchase(seq, uid, 10) for seq in range(3, 9)]))
     assert (again.new, again.duplicates, again.acked_seq) == (3, 3, 8)
-    assert rows(store, "SELECT count(*), -sum(cash_fen) FROM ledger WHERE kind = 'purchase'") == [
-        (8, 80)
-    ]
-    assert rows(store, "SELECT count(*) FROM records WHERE applied = 0") == [(0,)]
+    assert await rows(
+        store, "SELECT count(*), -sum(cash_fen) FROM ledger WHERE kind = 'purchase'"
+    ) == [(8, 80)]
+    assert await rows(store, "SELECT count(*) FROM records WHERE applied = 0") == [(0,)]
 
 
 async def test_an_id_taken_by_another_seq_sends_the_batch_record_by_record(store):
@@ -125,9 +119,9 @@ async def test_an_id_taken_by_another_seq_sends_the_batch_record_by_record(store
     clash = [purchase(2, uid, 10), purchase(3, uid, 10, rid=f"{SITE}.{EPOCH}.0.1")]
     result = await ingest(store, batch(clash))
     assert (result.new, result.conflicts, result.acked_seq) == (1, 1, 3)
-    assert rows(store, "SELECT kind FROM records WHERE seq = 3") == [("dead",)]
-    assert rows(store, "SELECT count(*) FROM ledger WHERE kind = 'purchase'") == [(2,)]
-    assert rows(store, "SELECT kind FROM anomalies") == [("duplicate_conflict",)]
+    assert await rows(store, "SELECT kind FROM records WHERE seq = 3") == [("dead",)]
+    assert await rows(store, "SELECT count(*) FROM ledger WHERE kind = 'purchase'") == [(2,)]
+    assert await rows(store, "SELECT kind FROM anomalies") == [("duplicate_conflict",)]
 
 
 async def test_the_holder_cache_follows_a_card_moved_to_another_person(store):
@@ -136,7 +130,7 @@ async def test_the_holder_cache_follows_a_card_moved_to_another_person(store):
     moved = json.dumps({"uid": uid, "person_id": "P7"}).encode()
     await store.run(lambda conn: master.upsert(conn, "", "card", uid, moved))
     await ingest(store, batch([purchase(2, uid, 20)]))
-    assert rows(store, "SELECT record_id, person_id FROM ledger WHERE site IS NOT NULL") == [
+    assert await rows(store, "SELECT record_id, person_id FROM ledger WHERE site IS NOT NULL") == [
         (f"{SITE}.{EPOCH}.0.1", first),
         (f"{SITE}.{EPOCH}.0.2", "P7"),
     ]

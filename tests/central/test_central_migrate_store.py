@@ -45,6 +45,9 @@ from central.migrate_store import (
 from edge_agent.adapters.sqlite_migrations import migrate as sqlite_migrate
 from protocol.messages import DoorAccess, Purchase, RawRecordBatch, decode, encode
 
+#: Picks its own store whatever ONECARD_TEST_STORE says: run once, not once per store.
+pytestmark = pytest.mark.store_fixed
+
 SITE = "SZ-FUTIAN"
 EPOCH = 1_795_440_000_000
 NOW = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)

@@ -44,7 +44,7 @@ from protocol import auth
 from protocol.errors import AuthError, ProtocolError
 from protocol.terminal import Body, Decision, RechargeCommit, RechargePrepare, RechargeResult
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.store_fixed, pytest.mark.integration, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 A, B = "SZ-FUTIAN", "BJ-CHAOYANG"

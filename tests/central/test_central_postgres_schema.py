@@ -19,6 +19,9 @@ from postgres import PrivateCluster, PsqlConnection, PsqlError
 from central.adapters.postgres_schema import POSTGRES_MIGRATIONS, migrate
 from central.adapters.sqlite_store import CentralStore
 
+#: Picks its own store whatever ONECARD_TEST_STORE says: run once, not once per store.
+pytestmark = pytest.mark.store_fixed
+
 #: One index: (unique, its columns in order — None for an expression —, partial).
 IndexShape = tuple[bool, tuple[str | None, ...], bool]
 

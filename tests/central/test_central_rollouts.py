@@ -11,11 +11,11 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from stores import central_db, open_store
 from sync_system import KINDS, SITES, central_seed
 from test_central_artifacts import signed_release
 
 from central import master
-from central.adapters.sqlite_store import CentralStore
 from central.artifacts import ReleaseStore
 from central.cli import main
 from central.core.release import public_key_of
@@ -31,11 +31,11 @@ def env(tmp_path: Path) -> dict[str, str]:
     key = Ed25519PrivateKey.generate()
     store = ReleaseStore(tmp_path / "releases")
     store.publish(signed_release(tmp_path / "r", key), [public_key_of(key)], now=datetime.now(UTC))
-    db = tmp_path / "central.db"
+    db = central_db(tmp_path)
     seed = central_seed({(s, t): auth.new_key() for s in SITES for t in KINDS})
 
     async def go() -> None:
-        async with CentralStore.open(db) as central:
+        async with open_store(db) as central:
             await central.run(lambda conn: master.apply_seed(conn, seed, batch="test"))
 
     asyncio.run(go())
@@ -63,7 +63,7 @@ async def driver(env: dict[str, str]) -> AsyncIterator[tuple[RolloutDriver, list
     async def publish(topic: str, payload: bytes, retain: bool) -> None:
         sent.append((topic, payload, retain))
 
-    async with CentralStore.open(Path(env["ONECARD_CENTRAL_DB"])) as store:
+    async with open_store(env["ONECARD_CENTRAL_DB"]) as store:
         yield RolloutDriver(store, publish), sent
 
 

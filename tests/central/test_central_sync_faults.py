@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from stores import rows
 from sync_system import ALICE, BOB, System, edge_db, until
 
 from central import master
@@ -20,9 +20,8 @@ pytestmark = pytest.mark.integration
 A, B = "SZ-FUTIAN", "BJ-CHAOYANG"
 
 
-def dead_letters(system: System) -> list[tuple[str, str]]:
-    with sqlite3.connect(system.store.path) as conn:
-        return conn.execute("SELECT topic, reason FROM dead_letters ORDER BY id").fetchall()
+async def dead_letters(system: System) -> list[tuple[str, str]]:
+    return await rows(system.store, "SELECT topic, reason FROM dead_letters ORDER BY id")
 
 
 async def test_broken_and_forged_payloads_are_dead_lettered_and_ingest_goes_on(system: System):
@@ -44,10 +43,10 @@ async def test_broken_and_forged_payloads_are_dead_lettered_and_ingest_goes_on(s
         await forger.publish(f"onecard/v1/site/{A}/up/state", b'{"online": "yes"}', qos=1)
 
     async def five_letters() -> bool:
-        return len(dead_letters(system)) >= 5
+        return len(await dead_letters(system)) >= 5
 
     await until(five_letters)
-    reasons = [reason for _, reason in dead_letters(system)]
+    reasons = [reason for _, reason in await dead_letters(system)]
     assert "malformed JSON" in reasons[0]
     assert "at `$.v`" in reasons[1]
     assert f"payload site {B} is not the topic's site {A}" in reasons[2]

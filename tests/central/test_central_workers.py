@@ -34,7 +34,7 @@ from edge_agent.service import EdgeService
 from firmware_sim.terminals import DoorReader, PosTerminal, TerminalSettings
 from protocol import auth
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.store_fixed, pytest.mark.integration, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 #: The workers' lease (central.leader.PostgresLease defaults): leadership moves within

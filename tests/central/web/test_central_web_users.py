@@ -7,7 +7,6 @@ import asyncio
 import getpass
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -96,12 +95,12 @@ def test_failures_are_counted_per_user_and_address_per_user_and_per_address(tmp_
     asyncio.run(go())
 
 
-def cli(args, db: Path, **kwargs):
+def cli(args, db: Path | str, **kwargs):
     return CliRunner().invoke(user_group, [*args, "--db", str(db)], **kwargs)
 
 
 def test_the_user_commands_add_change_disable_and_list_and_audit_each(tmp_path):
-    db = tmp_path / "central.db"
+    db = central_db(tmp_path)
     secret = tmp_path / "pw"
     secret.write_text("first password\n")
     added = cli(
@@ -145,9 +144,15 @@ def test_the_user_commands_add_change_disable_and_list_and_audit_each(tmp_path):
     assert cli(["enable", "li.na", "--operator", "boss"], db).exit_code == 0
     assert "li.na" in cli(["list"], db).output
 
-    with sqlite3.connect(db) as conn:
+    def read(conn):
         stored = conn.execute("SELECT password_hash FROM users").fetchone()[0]
-        audit = queries.audit_log(conn, target="user:li.na")
+        return stored, queries.audit_log(conn, target="user:li.na")
+
+    async def go():
+        async with open_store(db) as store:
+            return await store.run(read)
+
+    stored, audit = asyncio.run(go())
     assert users.verify_password("third password", stored)
     assert [(a["action"], a["operator"], a["source"]) for a in reversed(audit)] == [
         ("user.add", "boss", "hq:cli"),

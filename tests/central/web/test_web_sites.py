@@ -9,6 +9,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from test_web_live import Events, fast
 from web_harness import sign_in
 
@@ -64,7 +65,7 @@ def add_record(conn, record, lane: int, received: datetime) -> None:
     )
     conn.execute(
         "INSERT INTO lanes (site, epoch, lane, acked_seq, max_seen_seq) VALUES (?, 3, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET acked_seq = excluded.acked_seq,"
+        " ON CONFLICT (site, epoch, lane) DO UPDATE SET acked_seq = excluded.acked_seq,"
         " max_seen_seq = excluded.max_seen_seq",
         (SITE, lane, record.seq, record.seq),
     )
@@ -218,6 +219,7 @@ async def test_the_site_stream_sends_a_new_record_as_it_arrives(dash):
         assert "1 opened · 0 refused" in parts["site-state"]
 
 
+@pytest.mark.store_fixed  # reads a SQLite file of its own, whatever the run's store
 def test_the_first_record_received_today_is_found_by_binary_search(tmp_path):
     import sqlite3
 
