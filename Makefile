@@ -11,12 +11,13 @@ setup:
 
 ## test: lint, type-check, then the whole test suite (unit + integration against real daemons)
 ##       on SQLite, then central's suite again on PostgreSQL (a private cluster; tests that
-##       pick their own store ran in the first pass)
+##       pick their own store ran in the first pass). Three pytest workers: the tests mostly
+##       wait on real daemons, so three keep two CPUs busy (about 8 minutes in all)
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
-	ONECARD_TEST_STORE=postgresql $(BIN)/pytest tests/central -m "not store_fixed"
+	$(BIN)/pytest -n 3
+	ONECARD_TEST_STORE=postgresql $(BIN)/pytest -n 3 tests/central -m "not store_fixed"
 
 ## demo: a branch's day on a real edge, then the whole chain (broker, HQ, two branches)
 ##       for DURATION seconds (default 15), ending with a check of the books

@@ -306,6 +306,10 @@ def _prepare(site: str, batch: RawRecordBatch, now_ms: int) -> _Batch:
         seq = first + i
         if isinstance(item, MessageError):
             reason = str(item)
+        elif b"\\u0000" in bytes(raw):
+            # a NUL names nothing: PostgreSQL's text cannot hold one (SQLite's can); the
+            # record is dead on either store, and its lane moves on
+            reason = f"records[{i}]: text must not contain a NUL character"
         else:
             kind = record_kind(item)
             if lane_of(kind) == lane:

@@ -154,6 +154,16 @@ async def test_a_bad_record_is_dead_lettered_alone_and_the_lane_moves_on(store):
     assert len(letters) == 1 and "records[1]" in letters[0][0] and "amount" in letters[0][0]
 
 
+async def test_a_record_with_a_nul_character_is_dead_on_either_store(store):
+    good1, good3 = encode(door(1)), encode(door(3))
+    nul = encode(door(2)).replace(b'"door":"D1"', b'"door":"D\\u00001"')
+    assert nul != encode(door(2))
+    result = await ingest(store, batch([door(1)], lane=1, payloads=[good1, nul, good3]))
+    assert (result.acked_seq, result.dead, result.applied) == (3, 1, 3)
+    letters = await rows(store, "SELECT reason FROM dead_letters")
+    assert len(letters) == 1 and "records[1]" in letters[0][0] and "NUL" in letters[0][0]
+
+
 async def test_a_record_in_the_wrong_lane_is_dead(store):
     result = await ingest(store, batch([door(1)], lane=0))
     assert (result.dead, result.acked_seq) == (1, 1)
