@@ -293,15 +293,24 @@ def changes_since(
         " WHERE version > ? AND scope IN ('', ?) ORDER BY version LIMIT ?",
         (after, site, limit),
     ).fetchall()
-    return [
-        (
-            version,
-            FeedChange(
-                op=op, entity=entity, key=key, data=None if data is None else _dict.decode(data)
-            ),
-        )
-        for version, entity, key, op, data in rows
-    ]
+    out = []
+    for row in rows:
+        change = _feed_changes.get(row)
+        if change is None:
+            if len(_feed_changes) >= FEED_CACHE_MAX:
+                _feed_changes.clear()
+            _, entity, key, op, data = row
+            data = None if data is None else _dict.decode(data)
+            change = _feed_changes[row] = FeedChange(op=op, entity=entity, key=key, data=data)
+        out.append((row[0], change))
+    return out
+
+
+#: Feed changes decoded, by their whole row: a change fanned out to 500 sites is decoded
+#: once, not once per site (the row, data included, is the key: a version a rolled-back
+#: transaction handed out again never finds another change's entry).
+_feed_changes: dict[tuple[Any, ...], FeedChange] = {}
+FEED_CACHE_MAX = 8192
 
 
 def snapshot(conn: sqlite3.Connection, site: str) -> list[FeedChange]:

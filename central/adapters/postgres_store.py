@@ -16,10 +16,13 @@ come back as ``int`` — money is integer fen.
 
 Group commit as on SQLite: the writer takes every operation queued while the previous commit
 was in flight and runs them in one transaction, each in a savepoint so one failing operation
-rolls back alone. Transactions are ``REPEATABLE READ``: when several workers write the same
-rows (two batches of one lane, one account charged at two sites at once) PostgreSQL refuses
-the later one with a serialization failure instead of losing an update, and the writer runs
-the whole batch again (:data:`SERIALIZATION_RETRIES`). Idempotency is carried by the same
+rolls back alone. Transactions are ``SERIALIZABLE``: SQLite's single writer makes every
+operation see the others as if one ran after another, and central's operations rely on it —
+a refund checks what was already refunded before it writes, a cancel reads the balance it
+pays out. With several workers only SERIALIZABLE keeps that (REPEATABLE READ would let two
+refunds of one sale on two workers each see "nothing refunded yet": write skew). When
+PostgreSQL cannot order two transactions it refuses one with a serialization failure, and
+the writer runs that whole batch again (:data:`SERIALIZATION_RETRIES`). Idempotency is carried by the same
 unique constraints as on SQLite (``INSERT … ON CONFLICT DO NOTHING``), never by Python locks.
 
 Constraint violations are raised as :class:`sqlite3.IntegrityError`, the exception central's
@@ -67,6 +70,14 @@ _INT_TYPES = {"int2", "int4", "int8"}
 
 class _RetryBatch(BaseException):
     """The transaction lost a race with another worker: run the batch again."""
+
+
+class _ArgumentTypeError(Exception):
+    """asyncpg refused a parameter's Python type before sending anything (SQLite binds any
+    value to any column): the statement is sent again with parameters coerced."""
+
+
+_ARGUMENT_REFUSED = "invalid input for query argument"
 
 
 class PgCursor:
@@ -139,6 +150,8 @@ class PgConn:
             code = getattr(exc, "sqlstate", None)
             if code in _RETRY_CODES:
                 raise _RetryBatch(str(exc)) from exc
+            if type(exc) is asyncpg.DataError and str(exc).startswith(_ARGUMENT_REFUSED):
+                raise _ArgumentTypeError(str(exc)) from exc
             if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
                 raise sqlite3.IntegrityError(str(exc)) from exc
             where = f" in: {sql[:300]}" if sql else ""
@@ -176,7 +189,10 @@ class PgConn:
             self._wait(self._pg.execute(sql))
             return PgCursor([], -1, None)
         statement = self._statement(sql)
-        records = self._wait(statement.prepared.fetch(*self._args(statement, params)), sql)
+        try:  # as given first: coercing every parameter of a 2,560-parameter insert costs
+            records = self._wait(statement.prepared.fetch(*params), sql)
+        except _ArgumentTypeError:  # refused before anything was sent: coerce, send again
+            records = self._wait(statement.prepared.fetch(*self._args(statement, params)), sql)
         if statement.numeric:
             rows = [
                 tuple(_number(v) if i in statement.numeric else v for i, v in enumerate(r))
@@ -346,7 +362,7 @@ class PostgresCentralStore:
             raise StoreUnavailableError("store is not connected")
         for attempt in range(SERIALIZATION_RETRIES + 1):
             try:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
                 results = self._apply(conn, batch)
                 conn.execute("COMMIT")
             except _RetryBatch as exc:

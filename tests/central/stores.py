@@ -39,11 +39,25 @@ _stack = contextlib.ExitStack()
 
 
 def shared_cluster() -> PrivateCluster:
-    """This test process's private PostgreSQL cluster (started on first use)."""
+    """This test process's private PostgreSQL cluster (started on first use; stopped and
+    removed by :func:`close_shared_cluster` at the end of the session — conftest.py)."""
     if not _clusters:
         _clusters.append(_stack.enter_context(private_cluster()))
-        atexit.register(_stack.close)
+        atexit.register(_stack.close)  # a fallback: an xdist worker may not get that far
     return _clusters[0]
+
+
+def close_shared_cluster() -> None:
+    """Stop the cluster and remove its directory (a session's databases add up to GBs)."""
+    _stack.close()
+    _clusters.clear()
+    _templates.clear()
+
+
+def drop_test_databases() -> None:
+    """Drop the databases :func:`central_db` made for the test that just ended."""
+    while _made:
+        shared_cluster().drop_database(_made.pop())
 
 
 def central_db(tmp_path: Path, name: str = "central.db") -> Path | str:
@@ -55,10 +69,13 @@ def central_db(tmp_path: Path, name: str = "central.db") -> Path | str:
     cluster = shared_cluster()
     database = f"central_{os.getpid()}_{next(_names)}"
     cluster.psql(f"CREATE DATABASE {database} TEMPLATE {_template(cluster)}")
+    _made.append(database)
     return cluster.dsn(database)
 
 
 _names = itertools.count(1)
+#: Databases made for the running test, dropped when it ends.
+_made: list[str] = []
 _templates: list[str] = []
 
 
