@@ -22,8 +22,9 @@ a refund checks what was already refunded before it writes, a cancel reads the b
 pays out. With several workers only SERIALIZABLE keeps that (REPEATABLE READ would let two
 refunds of one sale on two workers each see "nothing refunded yet": write skew). When
 PostgreSQL cannot order two transactions it refuses one with a serialization failure, and
-the writer runs that whole batch again (:data:`SERIALIZATION_RETRIES`). Idempotency is carried by the same
-unique constraints as on SQLite (``INSERT … ON CONFLICT DO NOTHING``), never by Python locks.
+the writer runs that whole batch again (:data:`SERIALIZATION_RETRIES`). Idempotency is
+carried by the same unique constraints as on SQLite (``INSERT … ON CONFLICT DO NOTHING``),
+never by Python locks.
 
 Constraint violations are raised as :class:`sqlite3.IntegrityError`, the exception central's
 operations already catch; the statement that failed is rolled back to the savepoint the
