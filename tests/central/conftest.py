@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from broker import PrivateBroker, private_broker
 from postgres import PrivateCluster, private_cluster
-from stores import close_shared_cluster, drop_test_databases
+from stores import close_shared_cluster, databases_made, drop_databases
 from sync_system import System, build_system
 
 
@@ -22,9 +22,11 @@ def _shared_cluster_removed() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _test_databases_dropped() -> Iterator[None]:
-    """Each test's PostgreSQL databases are dropped after it (~8 MB each, 900 tests)."""
+    """Each test's PostgreSQL databases are dropped after it (~8 MB each, 900 tests); a
+    wider-scoped fixture's (set up before this one) stay until the session ends."""
+    before = databases_made()
     yield
-    drop_test_databases()
+    drop_databases(before)
 
 
 @pytest.fixture

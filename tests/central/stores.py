@@ -54,9 +54,16 @@ def close_shared_cluster() -> None:
     _templates.clear()
 
 
-def drop_test_databases() -> None:
-    """Drop the databases :func:`central_db` made for the test that just ended."""
-    while _made:
+def databases_made() -> int:
+    """How many databases :func:`central_db` has made so far (see :func:`drop_databases`)."""
+    return len(_made)
+
+
+def drop_databases(since: int) -> None:
+    """Drop the databases :func:`central_db` made after the first ``since`` — a test's own,
+    not those of a module- or session-scoped fixture set up before it (they go with the
+    cluster at the end of the session)."""
+    while len(_made) > since:
         shared_cluster().drop_database(_made.pop())
 
 
