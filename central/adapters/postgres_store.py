@@ -51,10 +51,13 @@ from central.adapters.postgres_dialect import FUNCTIONS, translate
 from central.adapters.postgres_schema import MIGRATION_LOCK_KEY, migrate
 from central.ingest import HolderCache
 from edge_agent.adapters.sqlite_store import (
-    MAX_BATCH,
+    PendingOp,
     StoreError,
     StoreStats,
     StoreUnavailableError,
+    apply_ops,
+    next_batch,
+    settle,
 )
 
 __all__ = ["PgConn", "PostgresCentralStore"]
@@ -227,13 +230,6 @@ def _rowcount(status: str | None) -> int:
     return int(last) if last.isdigit() else -1
 
 
-@dataclass(slots=True)
-class _Pending:
-    op: Callable[[Any], Any]
-    future: asyncio.Future[Any]
-    dry: bool = False
-
-
 @dataclass(kw_only=True)
 class PostgresCentralStore:
     """HQ's database on PostgreSQL. Use as ``async with PostgresCentralStore.open(dsn)``."""
@@ -248,7 +244,7 @@ class PostgresCentralStore:
     _loop: asyncio.AbstractEventLoop | None = None
     _pg: asyncpg.Connection | None = None
     _conn: PgConn | None = None
-    _queue: asyncio.Queue[_Pending] | None = None
+    _queue: asyncio.Queue[PendingOp] | None = None
     _writer_task: asyncio.Task[None] | None = None
 
     @property
@@ -322,7 +318,7 @@ class PostgresCentralStore:
         if self._queue is None:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future, dry))
+        self._queue.put_nowait(PendingOp(op, future, dry=dry))
         return await future
 
     async def _writer(self) -> None:
@@ -330,9 +326,7 @@ class PostgresCentralStore:
         if queue is None:
             raise StoreError("store is not open")
         while True:
-            batch = [await queue.get()]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = await next_batch(queue)
             try:
                 results = await self._on_writer(functools.partial(self._commit_batch, batch))
             except Exception as exc:  # noqa: BLE001 - rolled back: every caller gets the error
@@ -346,25 +340,19 @@ class PostgresCentralStore:
             else:
                 self.stats.commits += 1
                 self.stats.max_batch = max(self.stats.max_batch, len(batch))
-                for pending, (ok, value) in zip(batch, results, strict=True):
-                    if pending.future.done():
-                        continue
-                    if ok:
-                        pending.future.set_result(value)
-                    else:
-                        pending.future.set_exception(value)
+                settle(batch, results)
             finally:
                 for _ in batch:
                     queue.task_done()
 
-    def _commit_batch(self, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    def _commit_batch(self, batch: list[PendingOp]) -> list[tuple[bool, Any]]:
         conn = self._conn
         if conn is None:
             raise StoreUnavailableError("store is not connected")
         for attempt in range(SERIALIZATION_RETRIES + 1):
             try:
                 conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                results = self._apply(conn, batch)
+                results = apply_ops(conn, batch, self.stats)
                 conn.execute("COMMIT")
             except _RetryBatch as exc:
                 self._rollback(conn)
@@ -385,25 +373,6 @@ class PostgresCentralStore:
     def _rollback(conn: PgConn) -> None:
         with contextlib.suppress(Exception):
             conn.execute("ROLLBACK")
-
-    def _apply(self, conn: PgConn, batch: list[_Pending]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        for pending in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                value = pending.op(conn)
-            except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                self.stats.failed_operations += 1
-                results.append((False, exc))
-            else:
-                if pending.dry:
-                    conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                self.stats.operations += 1
-                results.append((True, value))
-        return results
 
 
 #: Session settings: UTC (times are UTC on the wire; central never asks the server for local

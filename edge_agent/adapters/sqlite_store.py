@@ -95,7 +95,9 @@ class StoreStats:
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingOp:
+    """An operation waiting for the writer (either store's: central's PostgreSQL one too)."""
+
     op: Operation[Any]
     future: asyncio.Future[Any]
     quick: bool = False
@@ -234,6 +236,58 @@ class _Checkpointer:
             conn.close()
 
 
+async def next_batch(queue: asyncio.Queue[PendingOp]) -> list[PendingOp]:
+    """The next operation and every one queued behind it (at most :data:`MAX_BATCH`)."""
+    batch = [await queue.get()]
+    while len(batch) < MAX_BATCH and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
+
+
+def apply_ops(conn: Any, batch: list[PendingOp], stats: StoreStats) -> list[tuple[bool, Any]]:
+    """Run ``batch`` inside the open transaction, each operation in its own savepoint (one
+    failing rolls back alone; a ``dry`` one always does): ``(ok, result or exception)`` per
+    operation. ``conn`` is sqlite3's or anything shaped like it (central's PostgreSQL)."""
+    results: list[tuple[bool, Any]] = []
+    counters: MetaCounters | None = getattr(conn, "counters", None)
+    if counters is not None:
+        counters.begin()
+    for pending in batch:
+        conn.execute("SAVEPOINT op")
+        if counters is not None:
+            counters.before_op()
+        try:
+            value = pending.op(conn)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            if counters is not None:
+                counters.op_rolled_back()
+            stats.failed_operations += 1
+            pending.result = (False, exc)
+        else:
+            if pending.dry:
+                conn.execute("ROLLBACK TO op")
+                if counters is not None:
+                    counters.op_rolled_back()
+            conn.execute("RELEASE op")
+            stats.operations += 1
+            pending.result = (True, value)
+        results.append(pending.result)
+    return results
+
+
+def settle(batch: list[PendingOp], results: list[tuple[bool, Any]]) -> None:
+    """Hand each committed operation's result (or exception) to its caller."""
+    for pending, (ok, value) in zip(batch, results, strict=True):
+        if pending.future.done():
+            continue
+        if ok:
+            pending.future.set_result(value)
+        else:
+            pending.future.set_exception(value)
+
+
 @dataclass(kw_only=True)
 class GroupCommitDB:
     """A SQLite database with one writer doing group commit (see the module docs).
@@ -254,7 +308,7 @@ class GroupCommitDB:
     _checkpointer: _Checkpointer | None = None
     _changes_at_poke: int = 0
     _executor: ThreadPoolExecutor | None = None
-    _queue: asyncio.Queue[_Pending] | None = None
+    _queue: asyncio.Queue[PendingOp] | None = None
     _writer_task: asyncio.Task[None] | None = None
     _reader: aiosqlite.Connection | None = None
 
@@ -330,7 +384,7 @@ class GroupCommitDB:
         if self._queue is None:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(op, future, quick, dry))
+        self._queue.put_nowait(PendingOp(op, future, quick, dry))
         return await future
 
     async def _writer(self) -> None:
@@ -339,9 +393,7 @@ class GroupCommitDB:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await queue.get()]
-            while len(batch) < MAX_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+            batch = await next_batch(queue)
             try:
                 results = None
                 if self.inline_quick_ops and all(p.quick for p in batch):
@@ -370,13 +422,7 @@ class GroupCommitDB:
             else:
                 self.stats.commits += 1
                 self.stats.max_batch = max(self.stats.max_batch, len(batch))
-                for pending, (ok, value) in zip(batch, results, strict=True):
-                    if pending.future.done():
-                        continue
-                    if ok:
-                        pending.future.set_result(value)
-                    else:
-                        pending.future.set_exception(value)
+                settle(batch, results)
             finally:
                 for _ in batch:
                     queue.task_done()
@@ -387,7 +433,7 @@ class GroupCommitDB:
                 # before the next batch holds the loop.
                 await asyncio.sleep(0)
 
-    def _apply_inline(self, batch: list[_Pending]) -> list[tuple[bool, Any]] | None:
+    def _apply_inline(self, batch: list[PendingOp]) -> list[tuple[bool, Any]] | None:
         """BEGIN and run ``batch`` on this (the event loop's) thread, leaving the transaction
         open for :meth:`_commit`; None (nothing done) if another connection is writing."""
         conn = self._require_conn()
@@ -403,7 +449,7 @@ class GroupCommitDB:
             self._rollback(conn)
             raise
 
-    def _commit_batch(self, batch: list[_Pending]) -> list[tuple[bool, Any]]:
+    def _commit_batch(self, batch: list[PendingOp]) -> list[tuple[bool, Any]]:
         conn = self._require_conn()
         self._begin(conn)
         try:
@@ -437,34 +483,8 @@ class GroupCommitDB:
             else:
                 return
 
-    def _apply(self, conn: sqlite3.Connection, batch: list[_Pending]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        counters: MetaCounters | None = getattr(conn, "counters", None)
-        if counters is not None:
-            counters.begin()
-        for pending in batch:
-            conn.execute("SAVEPOINT op")
-            if counters is not None:
-                counters.before_op()
-            try:
-                value = pending.op(conn)
-            except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                if counters is not None:
-                    counters.op_rolled_back()
-                self.stats.failed_operations += 1
-                pending.result = (False, exc)
-            else:
-                if pending.dry:
-                    conn.execute("ROLLBACK TO op")
-                    if counters is not None:
-                        counters.op_rolled_back()
-                conn.execute("RELEASE op")
-                self.stats.operations += 1
-                pending.result = (True, value)
-            results.append(pending.result)
-        return results
+    def _apply(self, conn: sqlite3.Connection, batch: list[PendingOp]) -> list[tuple[bool, Any]]:
+        return apply_ops(conn, batch, self.stats)
 
     def _commit(self) -> None:
         """Write the counters and COMMIT the open transaction (this is the fsync); on failure
