@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt
 import msgspec
+from _records import AMOUNTS_FEN, PURCHASE_SHARE, door_pass, sale
 
 from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.mqtt_sync import BATCH_BYTES, BATCH_RECORDS, WINDOW
@@ -58,9 +59,6 @@ from protocol.messages import (
 )
 from protocol.topics import Channel, global_topic, parse_topic, site_topic
 
-#: Share of a site's backlog that is money (lane 0); the rest is door access (lane 1).
-PURCHASE_SHARE = 0.4
-AMOUNTS_FEN = (350, 800, 1200, 1550, 2600)
 #: TLS handshakes at once while the sites connect (each is a thread of aiomqtt's executor).
 CONNECTING = 32
 CONNECT_TIMEOUT_S = 120.0
@@ -101,33 +99,13 @@ def build_backlog(
         if rng.random() < PURCHASE_SHARE:
             seq = len(encoded[0]) + 1
             amount = rng.choice(AMOUNTS_FEN)
-            record: Purchase | DoorAccess = Purchase(
-                id=f"{site}.{epoch}.0.{seq}",
-                seq=seq,
-                terminal="POS-01",
-                approved=True,
-                reason="ok",
-                amount=amount,
-                cash_fen=amount,
-                meal_period="lunch",
-                **common,
-            )
+            record: Purchase | DoorAccess = sale(f"{site}.{epoch}.0.{seq}", seq, amount, common)
             encoded[0].append(encode(record))
             purchases += 1
             spent += amount
         else:
             seq = len(encoded[1]) + 1
-            record = DoorAccess(
-                id=f"{site}.{epoch}.1.{seq}",
-                seq=seq,
-                terminal="DOOR-01",
-                door="D1",
-                direction="in",
-                granted=True,
-                reason="ok",
-                blacklist_version=0,
-                **common,
-            )
+            record = door_pass(f"{site}.{epoch}.1.{seq}", seq, common)
             encoded[1].append(encode(record))
     return {lane: cut(site, epoch, lane, encoded[lane]) for lane in LANES}, purchases, spent
 

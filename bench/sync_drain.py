@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "central"))
 
 import msgspec
+from _records import AMOUNTS_FEN, PURCHASE_SHARE, door_pass, sale
 from broker import private_broker
 
 from central.adapters.sqlite_store import CentralStore
@@ -75,13 +76,10 @@ from edge_agent.adapters.mqtt_client import BrokerSettings, make_client
 from edge_agent.adapters.mqtt_sync import BATCH_BYTES, BATCH_RECORDS
 from edge_agent.adapters.sqlite_store import EdgeStore, connect_writer
 from protocol import auth
-from protocol.messages import DoorAccess, Purchase, RawRecordBatch, decode, encode
+from protocol.messages import RawRecordBatch, decode, encode
 
 SITE = "BENCH-DRAIN"
 CARDHOLDERS = 1000
-#: Share of the backlog that is money (lane 0); the rest is door access (lane 1).
-PURCHASE_SHARE = 0.4
-AMOUNTS_FEN = (350, 800, 1200, 1550, 2600)
 BALANCE_FEN = 500_000_000  # never short: every sale in the backlog is approved
 APPEND_CHUNK = 20_000
 TARGET_RECORDS_S = 20_000.0
@@ -168,17 +166,7 @@ def _append_chunk(
                 SITE,
                 backlog.epoch,
                 0,
-                lambda seq, rid, amount=amount, common=common: Purchase(
-                    id=rid,
-                    seq=seq,
-                    terminal="POS-01",
-                    approved=True,
-                    reason="ok",
-                    amount=amount,
-                    cash_fen=amount,
-                    meal_period="lunch",
-                    **common,
-                ),
+                lambda seq, rid, amount=amount, common=common: sale(rid, seq, amount, common),
             )
             backlog.purchases += 1
             backlog.spent_fen += amount
@@ -188,17 +176,7 @@ def _append_chunk(
                 SITE,
                 backlog.epoch,
                 1,
-                lambda seq, rid, common=common: DoorAccess(
-                    id=rid,
-                    seq=seq,
-                    terminal="DOOR-01",
-                    door="D1",
-                    direction="in",
-                    granted=True,
-                    reason="ok",
-                    blacklist_version=0,
-                    **common,
-                ),
+                lambda seq, rid, common=common: door_pass(rid, seq, common),
             )
             backlog.doors += 1
 
