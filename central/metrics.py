@@ -149,7 +149,7 @@ class _CentralCollector(Collector):
                 "onecard_central_store_retries",
                 "Transactions run again after losing a race with another worker "
                 "(PostgreSQL serialization failures; always 0 on SQLite).",
-                int(getattr(service.store, "retries", 0)),
+                service.store.retries,
             )
             yield _counter(
                 "onecard_central_batches_ingested",

@@ -29,6 +29,8 @@ class Store(Protocol):
 
     stats: StoreStats
     holders: HolderCache
+    #: Batches run again after losing a race with another worker (PostgreSQL).
+    retries: int
 
     async def run(self, op: Callable[[Any], T], *, quick: bool = False, dry: bool = False) -> T:
         """Run ``op`` in a transaction; its result once committed."""

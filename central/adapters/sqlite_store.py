@@ -29,6 +29,8 @@ class CentralStore(GroupCommitDB):
 
     #: Card holders as ingest last read them, for the writer connection's batches.
     holders: HolderCache = field(default_factory=HolderCache)
+    #: Batches run again after losing a race with another writer: never, with one writer.
+    retries: int = 0
 
     @classmethod
     @contextlib.asynccontextmanager
